@@ -50,6 +50,9 @@ RequestTimeout = _error("RequestTimeout", 400, "Your socket connection to the se
 AuthorizationHeaderMalformed = _error("AuthorizationHeaderMalformed", 400, "The authorization header is malformed.")
 InvalidPart = _error("InvalidPart", 400, "One or more of the specified parts could not be found.")
 InvalidPartOrder = _error("InvalidPartOrder", 400, "The list of parts was not in ascending order.")
+XAmzContentSHA256Mismatch = _error(
+    "XAmzContentSHA256Mismatch", 400, "The provided 'x-amz-content-sha256' header does not match what was computed."
+)
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 # 403
 AccessDenied = _error("AccessDenied", 403, "Access Denied")
