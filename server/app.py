@@ -1,0 +1,173 @@
+"""Routing: from an HTTP request to one S3 operation, and S3 errors back to XML.
+
+Every request is authenticated (SigV4), dispatched by method, addressing
+(path-style or virtual-host-style) and sub-resource, and logged once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+import structlog
+
+from server import buckets, objects, xml
+from server.auth import authenticate
+from server.config import ServerConfig
+from server.context import Context
+from server.errors import (
+    InternalError,
+    InvalidArgument,
+    InvalidBucketName,
+    KeyTooLongError,
+    MethodNotAllowed,
+    NotImplemented_,
+    S3Error,
+)
+from server.http import Request, Response
+from server.storage import Storage
+
+log = structlog.get_logger("tailbucket.server")
+
+Operation = Callable[[Context], Awaitable[Response]]
+INTERNAL_PREFIX = "/_tailbucket/"  # '_' is not allowed in bucket names, so this never clashes
+MAX_KEY_BYTES = 1024
+# Sub-resources S3 has and this server does not (yet): a clean NotImplemented, never a wrong answer.
+SUBRESOURCES = frozenset(
+    "accelerate acl analytics attributes cors delete encryption intelligent-tiering inventory legal-hold "
+    "lifecycle logging metrics notification object-lock ownershipControls partNumber policy policyStatus "
+    "publicAccessBlock replication requestPayment restore retention select session tagging torrent "
+    "uploadId uploads versioning versions website".split()
+)
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """Decoded query parameters; '+' stays '+' (S3 clients encode spaces as %20)."""
+    params: dict[str, str] = {}
+    for part in raw.split("&") if raw else ():
+        name, _, value = part.partition("=")
+        try:
+            params.setdefault(unquote(name, errors="strict"), unquote(value, errors="strict"))
+        except UnicodeDecodeError:
+            raise InvalidArgument("The query string is not valid UTF-8.") from None
+    return params
+
+
+class S3App:
+    """The request handler given to ``HTTPServer``."""
+
+    def __init__(self, storage: Storage, config: ServerConfig, keys: object) -> None:
+        self.storage, self.config, self.keys = storage, config, keys
+
+    def __repr__(self) -> str:
+        return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
+
+    def address(self, request: Request) -> tuple[str | None, str | None]:
+        """(bucket, key) from a virtual-host-style Host header or a path-style path."""
+        try:
+            path = unquote(request.path, errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidArgument("The request path is not valid UTF-8.") from None
+        host = (request.header("host") or "").rsplit(":", 1)[0].lower() if "]" not in (request.header("host") or "") else ""
+        for domain in self.config.virtual_host_domains:
+            if host.endswith("." + domain):
+                bucket, key = host[: -len(domain) - 1], path[1:]
+                break
+        else:
+            bucket, _, key = path[1:].partition("/")
+        if not bucket:
+            return None, None
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise KeyTooLongError(f"Your key is too long: {len(key.encode('utf-8'))} bytes (at most {MAX_KEY_BYTES}).")
+        return bucket, key or None
+
+    def route(self, method: str, bucket: str | None, key: str | None, query: dict[str, str]) -> tuple[Operation, str]:
+        unsupported = SUBRESOURCES.intersection(query)
+        if bucket is None:
+            table = {"GET": (buckets.list_buckets, "ListBuckets")}
+        elif key is None:
+            if "location" in query:
+                table = {"GET": (buckets.get_bucket_location, "GetBucketLocation")}
+            else:
+                table = {
+                    "GET": (buckets.list_objects, "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"),
+                    "PUT": (buckets.create_bucket, "CreateBucket"),
+                    "HEAD": (buckets.head_bucket, "HeadBucket"),
+                    "DELETE": (buckets.delete_bucket, "DeleteBucket"),
+                }
+        else:
+            table = {
+                "PUT": (objects.put_object, "PutObject"),
+                "GET": (objects.get_object, "GetObject"),
+                "HEAD": (self._head_object, "HeadObject"),
+                "DELETE": (objects.delete_object, "DeleteObject"),
+            }
+        if unsupported:
+            raise NotImplemented_(f"The {sorted(unsupported)[0]!r} sub-resource is not implemented.")
+        if method not in table:
+            raise MethodNotAllowed(f"The {method} method is not allowed against this resource.", Method=method)
+        return table[method]
+
+    @staticmethod
+    async def _head_object(ctx: Context) -> Response:
+        return await objects.get_object(ctx, head=True)
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        bucket = key = None
+        operation = "Unknown"
+        try:
+            if request.path.startswith(INTERNAL_PREFIX):
+                operation = "Internal"
+                response = await self._internal(request)
+            else:
+                bucket, key = self.address(request)
+                query = parse_query(request.query)
+                auth = authenticate(
+                    request.method, request.path, request.query, request.headers, self.keys, now=time.time()
+                )
+                handler, operation = self.route(request.method, bucket, key, query)
+                ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)
+                response = await handler(ctx)
+        except S3Error as exc:
+            response = self._error(request, exc, bucket, key)
+        except Exception:
+            log.exception("internal_error", method=request.method, path=request.path, request_id=request.request_id)
+            response = self._error(request, InternalError(), bucket, key)
+        response.headers.append(("x-amz-request-id", request.request_id))
+        log.info(
+            "request",
+            method=request.method,
+            operation=operation,
+            bucket=bucket,
+            key=key,
+            status=response.status,
+            bytes_in=request.body.content_length or 0,
+            bytes_out=next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            request_id=request.request_id,
+        )
+        return response
+
+    def _error(self, request: Request, exc: S3Error, bucket: str | None, key: str | None) -> Response:
+        resource = exc.resource or "/" + "/".join(p for p in (bucket, key) if p)
+        extra = dict(exc.extra)
+        if isinstance(exc, InvalidBucketName) or exc.code == "NoSuchBucket":
+            extra.setdefault("BucketName", bucket or "")
+        if exc.code == "NoSuchKey" and key:
+            extra.setdefault("Key", key)
+        body = xml.error_body(exc.code, exc.message, resource=resource, request_id=request.request_id, extra=extra)
+        headers = [("content-type", "application/xml")]
+        if request.method == "HEAD":
+            return Response(exc.status, headers)
+        return Response(exc.status, headers, body)
+
+    async def _internal(self, request: Request) -> Response:
+        name = request.path[len(INTERNAL_PREFIX):]
+        if name == "health":
+            return Response(200, [("content-type", "text/plain")], b"ok\n")
+        if name == "ready":
+            ready = await self.storage.is_writable() if hasattr(self.storage, "is_writable") else True
+            return Response(200 if ready else 503, [("content-type", "text/plain")], b"ready\n" if ready else b"not ready\n")
+        raise NotImplemented_(f"No internal endpoint {request.path!r}.")

@@ -1,0 +1,143 @@
+"""A request body as the client meant it: decoded, counted and verified.
+
+Clients send bodies four ways (the ``x-amz-content-sha256`` header says
+which): a signed payload (its SHA-256 must match at the end), unsigned,
+aws-chunked with per-chunk signatures, and aws-chunked with trailing
+checksums.  ``Payload`` hides the difference from the operations: iterate it
+for the decoded bytes, then hand its ``check`` to storage, which calls it with
+the body's digest before anything is committed.  Every failure raises an
+S3Error from inside the iteration or the check, so a bad body never lands.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import AsyncIterator
+
+from server import checksums
+from server.chunked import ChunkedDecoder
+from server.errors import (
+    BadDigest,
+    EntityTooLarge,
+    InvalidArgument,
+    InvalidDigest,
+    InvalidRequest,
+    MissingContentLength,
+    XAmzContentSHA256Mismatch,
+)
+from server.http import Request
+from server.storage import BodyDigest
+from sink import sigv4
+
+STREAMING_MODES = {sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER, sigv4.STREAMING_UNSIGNED_TRAILER}
+READ_SIZE = 256 * 1024
+
+
+class Payload:
+    """The decoded body of one request; ``length`` is its declared decoded size."""
+
+    def __init__(self, request: Request, payload_mode: str, chunk_verifier: object | None, *, max_body: int) -> None:
+        self._request = request
+        self._mode = payload_mode
+        self._streaming = payload_mode in STREAMING_MODES
+        self.length = self._declared_length(request)
+        if self.length > max_body:
+            raise EntityTooLarge(f"Your proposed upload of {self.length} bytes exceeds the maximum of {max_body}.")
+        self._decoder = (
+            ChunkedDecoder(
+                verifier=chunk_verifier if payload_mode != sigv4.STREAMING_UNSIGNED_TRAILER else None,
+                signed=payload_mode != sigv4.STREAMING_UNSIGNED_TRAILER,
+                expect_trailer=payload_mode != sigv4.STREAMING_SIGNED,
+                decoded_length=self.length,
+            )
+            if self._streaming
+            else None
+        )
+        self._sha256 = hashlib.sha256() if not self._streaming and payload_mode != sigv4.UNSIGNED_PAYLOAD else None
+        self.content_md5 = _content_md5(request.header("content-md5"))
+        self.expected = _header_checksums(request)
+        trailer = (request.header("x-amz-trailer") or "").strip().lower()
+        self._trailer_algorithm = _algorithm_of(trailer) if trailer else None
+        algorithms = set(self.expected) | ({self._trailer_algorithm} if self._trailer_algorithm else set())
+        self._hashers = {a: checksums.FACTORIES[a]() for a in algorithms if a != "crc32"}
+        self.trailers: dict[str, str] = {}
+
+    @staticmethod
+    def _declared_length(request: Request) -> int:
+        decoded = request.header("x-amz-decoded-content-length")
+        if decoded is not None:
+            if not decoded.isascii() or not decoded.isdigit():
+                raise InvalidArgument(f"x-amz-decoded-content-length is not a number: {decoded!r}")
+            return int(decoded)
+        if request.body.content_length is None:
+            raise MissingContentLength()
+        return request.body.content_length
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body = self._request.body
+        while data := await body.read(READ_SIZE):
+            pieces = self._decoder.feed(data) if self._decoder else (data,)
+            for piece in pieces:
+                if self._sha256 is not None:
+                    self._sha256.update(piece)
+                for hasher in self._hashers.values():
+                    hasher.update(piece)
+                yield piece
+        if self._decoder is not None:
+            self.trailers = dict(self._decoder.finish())
+        if self._sha256 is not None and self._sha256.hexdigest() != self._mode:
+            raise XAmzContentSHA256Mismatch(
+                ClientComputedContentSHA256=self._mode, S3ComputedContentSHA256=self._sha256.hexdigest()
+            )
+
+    def check(self, digest: BodyDigest) -> None:
+        """Refuse the body (before it is committed) if a digest the client gave does not match."""
+        if self.content_md5 is not None and digest.md5 != self.content_md5:
+            raise BadDigest("The Content-MD5 you specified did not match what we received.")
+        expected = dict(self.expected)
+        if self._trailer_algorithm:
+            value = self.trailers.get(checksums.header_name(self._trailer_algorithm))
+            if value is None:
+                raise InvalidRequest(f"The trailing {checksums.header_name(self._trailer_algorithm)} is missing.")
+            expected[self._trailer_algorithm] = checksums.decode(self._trailer_algorithm, value)
+        for algorithm, want in expected.items():
+            got = digest.crc32.to_bytes(4, "big") if algorithm == "crc32" else self._hashers[algorithm].digest()
+            if got != want:
+                raise BadDigest(f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+        self.verified = expected
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The checksums the client sent, echoed as S3 does on a successful PUT."""
+        return [(checksums.header_name(a), checksums.encode(d)) for a, d in getattr(self, "verified", {}).items()]
+
+
+def _algorithm_of(header: str) -> str:
+    algorithm = header.removeprefix(checksums.HEADER_PREFIX)
+    if not header.startswith(checksums.HEADER_PREFIX) or algorithm not in checksums.FACTORIES:
+        raise InvalidRequest(f"The checksum {header!r} is not supported.")
+    return algorithm
+
+
+def _header_checksums(request: Request) -> dict[str, bytes]:
+    found = {}
+    for name, value in request.headers:
+        if name.startswith(checksums.HEADER_PREFIX) and name not in ("x-amz-checksum-type", "x-amz-checksum-mode"):
+            algorithm = _algorithm_of(name)
+            found[algorithm] = checksums.decode(algorithm, value)
+    if len(found) > 1:
+        raise InvalidRequest("Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.")
+    return found
+
+
+def _content_md5(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise InvalidDigest()
+    return digest
