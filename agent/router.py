@@ -48,12 +48,15 @@ class _Field:
     date_format: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class KeyTemplate:
     """A parsed template.  ``prefix`` is the literal text before the first field."""
 
     source: str
     parts: tuple[str | _Field, ...]
+
+    def __repr__(self) -> str:
+        return f"KeyTemplate({self.source!r})"
 
     @property
     def prefix(self) -> str:
