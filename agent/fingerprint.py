@@ -1,0 +1,142 @@
+"""A log file's identity: device + inode + a digest of its first bytes.
+
+Paths lie (rotation renames, deletes and recreates them), so a stream follows
+an identity, never a path (Vector's fingerprinting rests on the same idea).
+
+* device + inode tell apart every file that exists at the same moment;
+* the digest of the first ``WINDOW`` bytes tells a reused inode (old file
+  deleted, new file given the same number) from the file we knew.
+
+Why 256 bytes: the digest only has to separate two files that had the same
+inode at different times; their first line (with its timestamp) nearly always
+differs well within 256 bytes.  It is one small ``pread`` of a page that is in
+the cache anyway, and a short file reaches its full identity after a few lines.
+
+Short files: the identity records how many bytes its digest covers
+(``head_len``).  A later look at the file matches when its first ``head_len``
+bytes hash the same; the identity then *grows* (``grown``) to the longer prefix
+until it covers the whole window.  An empty file's identity (``head_len`` 0)
+matches any file on the same inode: the weakest case, and harmless, since an
+empty file had nothing shipped from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+WINDOW = 256
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    dev: int
+    ino: int
+    head_len: int  # how many first bytes ``head_digest`` covers; < WINDOW while the file was shorter
+    head_digest: str  # hex BLAKE2b-128 of those bytes
+
+    def to_json(self) -> dict[str, int | str]:
+        return {"dev": self.dev, "ino": self.ino, "head_len": self.head_len, "head_digest": self.head_digest}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> FileIdentity:
+        dev, ino, head_len, digest = data["dev"], data["ino"], data["head_len"], data["head_digest"]
+        if not (isinstance(dev, int) and isinstance(ino, int) and isinstance(head_len, int) and isinstance(digest, str)):
+            raise ValueError(f"not a file identity: {data!r}")
+        return cls(dev, ino, head_len, digest)
+
+    def __str__(self) -> str:
+        return f"{self.dev}:{self.ino}:{self.head_len}:{self.head_digest[:12]}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one look at an open file saw."""
+
+    dev: int
+    ino: int
+    size: int
+    nlink: int  # 0: the file was deleted while we hold it open
+    head: bytes  # its first min(size, WINDOW) bytes
+
+    @property
+    def identity(self) -> FileIdentity:
+        return identity_of(self.dev, self.ino, self.head)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def identity_of(dev: int, ino: int, head: bytes) -> FileIdentity:
+    """The identity of a file on (dev, ino) whose first bytes are ``head``."""
+    head = head[:WINDOW]
+    return FileIdentity(dev, ino, len(head), _digest(head))
+
+
+def matches(known: FileIdentity, dev: int, ino: int, head: bytes) -> bool:
+    """Is the file on (dev, ino) starting with ``head`` the file ``known`` names?"""
+    if (dev, ino) != (known.dev, known.ino) or len(head) < known.head_len:
+        return False
+    return _digest(head[: known.head_len]) == known.head_digest
+
+
+def grown(known: FileIdentity, head: bytes) -> FileIdentity:
+    """``known`` extended to cover more of ``head`` (the caller checked ``matches``)."""
+    if len(head) <= known.head_len or known.head_len >= WINDOW:
+        return known
+    return identity_of(known.dev, known.ino, head)
+
+
+# -- blocking helpers (call through trio.to_thread.run_sync) --------------------
+
+
+def probe_fd(fd: int) -> Probe:
+    """fstat + the first bytes of an open file."""
+    st = os.fstat(fd)
+    head = os.pread(fd, WINDOW, 0) if st.st_size else b""
+    return Probe(st.st_dev, st.st_ino, st.st_size, st.st_nlink, head)
+
+
+def open_regular(path: str) -> tuple[int, Probe]:
+    """Open ``path`` read-only and probe it; ``IsADirectoryError`` etc. for non-regular files."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd, probe_fd(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def probe_path(path: str) -> Probe | None:
+    """Probe the file at ``path`` now; ``None`` if there is no readable regular file there."""
+    try:
+        fd, probe = open_regular(path)
+    except OSError:
+        return None
+    os.close(fd)
+    return probe
+
+
+def find_in_directory(directory: str, known: FileIdentity) -> str | None:
+    """A path in ``directory`` that holds ``known`` (a rotated sibling such as ``app.log.1``)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            if entry.inode() != known.ino or not entry.is_file(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        probe = probe_path(entry.path)
+        if probe is not None and matches(known, probe.dev, probe.ino, probe.head):
+            return entry.path
+    return None
