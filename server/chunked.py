@@ -39,7 +39,7 @@ from typing import Protocol
 
 import structlog
 
-from server.errors import IncompleteBody, InvalidArgument, InvalidRequest, NotImplemented_
+from server.errors import IncompleteBody, InvalidArgument, InvalidRequest, NotImplemented_, S3Error
 
 log = structlog.get_logger()
 
@@ -111,6 +111,7 @@ class ChunkedDecoder:
         self._trailer_lines: list[tuple[str, str]] = []
         self._trailer_signature: str | None = None
         self._trailers: Trailers = {}
+        self._failed: S3Error | None = None
 
     def __repr__(self) -> str:
         return (
@@ -132,7 +133,19 @@ class ChunkedDecoder:
         return self._state is _State.DONE
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Consume framed bytes; return the data pieces they completed, in order."""
+        """Consume framed bytes; return the data pieces they completed, in order.
+
+        After a refusal the decoder is dead: every later call raises the same error.
+        """
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._feed(data)
+        except S3Error as exc:
+            self._failed = exc
+            raise
+
+    def _feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end:
@@ -156,6 +169,8 @@ class ChunkedDecoder:
 
     def finish(self) -> Trailers:
         """The body ended: check it was complete and return its trailers."""
+        if self._failed is not None:
+            raise self._failed
         if self._state is not _State.DONE:
             raise IncompleteBody(
                 f"aws-chunked body ended inside the {self._state.value} after {self._decoded} decoded bytes"
@@ -418,3 +433,11 @@ def decoder_for_headers(headers: Mapping[str, str], verifier: ChunkVerifier | No
         decoded_length=decoded_length,
         trailer_names=names if mode.expect_trailer else None,
     )
+
+
+def stored_content_encoding(value: str | None) -> str | None:
+    """``Content-Encoding`` to store: S3 drops ``aws-chunked`` from the list (None if nothing is left)."""
+    if value is None:
+        return None
+    kept = [part.strip() for part in value.split(",") if part.strip() and part.strip().lower() != "aws-chunked"]
+    return ", ".join(kept) or None

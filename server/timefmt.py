@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -26,10 +26,7 @@ def iso8601(epoch: float) -> str:
     # Via microseconds so float noise (1.001 - 1 = 0.000999...) does not lose a millisecond.
     millis = min(round((epoch - seconds) * 1_000_000) // 1000, 999)
     t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
-    )
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
 
 
 def http_date(epoch: float) -> str:
@@ -52,5 +49,5 @@ def parse_http_date(value: str) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are GMT
-        return parsed.replace(tzinfo=timezone.utc).timestamp()
+        return parsed.replace(tzinfo=UTC).timestamp()
     return parsed.timestamp()

@@ -25,6 +25,7 @@ from server.chunked import (
     decoder_for_headers,
     parse_decoded_length,
     parse_trailer_names,
+    stored_content_encoding,
     streaming_mode,
 )
 from server.errors import (
@@ -115,7 +116,7 @@ def decode(decoder: ChunkedDecoder, body: bytes, cuts: list[int] | None = None) 
     """Feed ``body`` split at ``cuts`` (default: whole), finish, return the data."""
     bounds = [0, *sorted(set(cuts or [])), len(body)]
     out = bytearray()
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         for piece in decoder.feed(body[start:end]):
             out += piece
     decoder.finish()
@@ -221,7 +222,8 @@ def test_boto3_put_object_body_and_headers_decode():
             yield b""
 
     def before_send(request, **_):
-        captured["headers"] = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()}
+        headers = request.headers.items()
+        captured["headers"] = {k.lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in headers}
         captured["body"] = request.body.read()
         return AWSResponse(request.url, 200, {}, _Raw())
 
@@ -284,6 +286,16 @@ def test_malformed_framing_is_refused(make, body, error, words):
     decoder = make()
     with pytest.raises(error, match=words):
         decoder.feed(body)
+        decoder.finish()
+
+
+def test_a_refused_decoder_stays_refused():
+    decoder = _unsigned(decoded_length=5)
+    with pytest.raises(InvalidRequest):
+        decoder.feed(b"5\r\nhelloXX")
+    with pytest.raises(InvalidRequest, match="expected CRLF"):
+        decoder.feed(b"\r\n0\r\n\r\n")
+    with pytest.raises(InvalidRequest, match="expected CRLF"):
         decoder.finish()
 
 
@@ -421,6 +433,13 @@ def test_header_parsers():
     }
     with pytest.raises(InvalidArgument):
         parse_trailer_names("bad name")
+
+
+def test_stored_content_encoding_drops_aws_chunked():
+    assert stored_content_encoding("aws-chunked") is None
+    assert stored_content_encoding("aws-chunked, gzip") == "gzip"
+    assert stored_content_encoding("gzip,AWS-CHUNKED,br") == "gzip, br"
+    assert stored_content_encoding(None) is None
 
 
 def test_decoder_for_headers_needs_the_decoded_length():

@@ -22,7 +22,7 @@ from server.xml import (
 )
 
 NS = {"s3": S3_NAMESPACE}
-NASTY = "logs/<a&b>\"it's\" ünïcödé ☃ 日本 \r\n\ttab+plus %20 /x"
+NASTY = 'logs/<a&b>"it\'s" ünïcödé ☃ 日本 \r\n\ttab+plus %20 /x'
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 
 
@@ -66,8 +66,8 @@ def test_error_body_shape_without_namespace():
 
 
 def test_error_body_escapes_and_omits_absent_resource():
-    root = ET.fromstring(error_body("InvalidArgument", "offset <5> & \"x\"", request_id="R", host_id="H"))
-    assert root.findtext("Message") == "offset <5> & \"x\""
+    root = ET.fromstring(error_body("InvalidArgument", 'offset <5> & "x"', request_id="R", host_id="H"))
+    assert root.findtext("Message") == 'offset <5> & "x"'
     assert root.find("Resource") is None and root.findtext("HostId") == "H"
 
 
@@ -227,8 +227,11 @@ def test_botocore_parses_our_listing():
         return AWSResponse(request.url, 200, {"content-type": "application/xml"}, _Raw())
 
     client = boto3.client(
-        "s3", endpoint_url="http://s3.example.test", region_name="us-east-1",
-        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+        "s3",
+        endpoint_url="http://s3.example.test",
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
     )
     client.meta.events.register("before-send.s3.ListObjectsV2", before_send)
     parsed = client.list_objects_v2(Bucket="logs", Delimiter="/")
@@ -319,4 +322,3 @@ def test_http_date_and_back():
 @given(st.integers(min_value=0, max_value=253402300799))
 def test_http_date_round_trips(seconds):
     assert parse_http_date(http_date(seconds)) == seconds
-
