@@ -1,0 +1,233 @@
+"""The server's HTTP layer: the types handlers see, and the listening server.
+
+    HTTPServer.serve ─ accept loop(s) ─ one task per connection (server.http_connection)
+                                          └─ handler(Request) → Response
+
+h11 does all parsing and framing; ``server.http_connection`` drives it for
+one connection.  Limits and timeouts are trio deadlines from ``HTTPConfig``.
+Shaped after ``trio.serve_listeners`` and hypercorn's ``worker_serve``: the
+server owns a nursery of connections, ``shutdown()`` stops accepting, closes
+idle keep-alive connections and gives requests in flight a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+KiB = 1024
+MiB = 1024 * KiB
+SECONDS = 1.0
+RECEIVE_SIZE = 64 * KiB
+
+log = structlog.get_logger()
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    max_header_bytes: int = 64 * KiB  # request head larger than this → 431
+    header_timeout: float = 30 * SECONDS  # first byte → full head (also a fresh connection's first byte) → 408
+    body_timeout: float = 60 * SECONDS  # no body progress this long → RequestTimeout, then close
+    keep_alive_timeout: float = 75 * SECONDS  # idle between requests → close
+    shutdown_timeout: float = 30 * SECONDS  # requests in flight at shutdown get this long
+    max_connections: int = 1024  # beyond it the server stops accepting (the kernel backlog queues)
+    send_timeout: float = 60 * SECONDS  # a client not reading the response this long → close
+    drain_max_bytes: int = 1 * MiB  # unread request body the server discards to keep a connection
+    drain_timeout: float = 2 * SECONDS  # ...and how long it waits for it (also the lingering close)
+
+
+class RequestBody:
+    """The request body, streamed: never held whole, read by the handler in pieces.
+
+    ``content_length`` is the body length known before reading: Content-Length,
+    None when the request has none (chunked, or no body framing at all).
+    """
+
+    __slots__ = ("content_length", "bytes_read", "complete", "_source", "_pending")
+
+    def __init__(self, source: Callable[[], Awaitable[bytes | None]], content_length: int | None) -> None:
+        self.content_length = content_length
+        self.bytes_read = 0  # bytes taken out of the connection so far
+        self.complete = False  # end of body seen
+        self._source = source
+        self._pending = b""
+
+    @classmethod
+    def from_bytes(cls, *chunks: bytes) -> RequestBody:
+        """A body that yields ``chunks``; for handler tests without a socket."""
+        queue = list(chunks)
+
+        async def source() -> bytes | None:
+            await trio.lowlevel.checkpoint()
+            return queue.pop(0) if queue else None
+
+        return cls(source, sum(map(len, chunks)))
+
+    async def read(self, max_bytes: int = 256 * KiB) -> bytes:
+        """Up to ``max_bytes`` of the body; b"" at its end.
+
+        The first read sends ``100 Continue`` when the client waits for it.
+        Raises ``errors.IncompleteBody`` (client closed mid-body),
+        ``errors.RequestTimeout`` (no body bytes within ``body_timeout``),
+        ``errors.InvalidRequest`` (malformed chunked framing).
+        """
+        if not self._pending:
+            if self.complete:
+                return b""
+            chunk = await self._source()
+            if chunk is None:
+                self.complete = True
+                return b""
+            self.bytes_read += len(chunk)
+            self._pending = chunk
+        data = self._pending
+        if len(data) <= max_bytes:
+            self._pending = b""
+            return bytes(data)
+        self._pending = data[max_bytes:]
+        return bytes(data[:max_bytes])
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    def __repr__(self) -> str:
+        return f"RequestBody(content_length={self.content_length}, bytes_read={self.bytes_read}, complete={self.complete})"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str  # raw request-target, latin-1
+    path: str  # still percent-encoded
+    query: str  # without '?', "" if none
+    headers: list[tuple[str, str]]  # (lower-case name, value) in wire order
+    http_version: str
+    remote: tuple[str, int] | None
+    body: RequestBody
+    request_id: str = ""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive)."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    # An async iterable is streamed; give it a content-length header, else it goes chunked.
+    body: bytes | AsyncIterable[bytes] = b""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+# accept() errors that mean "out of resources right now": back off and retry,
+# as trio.serve_listeners does, rather than crash the server.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_BACKOFF = 0.1 * SECONDS
+
+
+class HTTPServer:
+    """Serves ``handler`` over HTTP/1.1 until ``shutdown()``.
+
+    At ``max_connections`` open connections the server stops calling accept()
+    until one closes: new clients wait in the kernel's listen backlog instead
+    of being refused.
+    """
+
+    def __init__(self, handler: Handler, config: HTTPConfig = HTTPConfig()) -> None:
+        from server.http_connection import HTTPConnection, ShutdownSignal  # deferred: that module imports this one
+
+        self._connection_class = HTTPConnection
+
+        self.handler = handler
+        self.config = config
+        self._signal = ShutdownSignal()
+        self._slots = trio.Semaphore(config.max_connections)
+        self._listeners: list[trio.SocketListener] = []
+        self._accept_scope: trio.CancelScope | None = None
+        self.address: tuple[str, int] | None = None
+        self.active_connections = 0
+
+    def __repr__(self) -> str:
+        state = "shutting down" if self._signal.requested else ("serving" if self.address else "not started")
+        return f"HTTPServer({state}, address={self.address}, active_connections={self.active_connections})"
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Bind (port 0 picks one), report ``(host, port)`` via ``task_status.started``
+        once accepting, and return only after ``shutdown()`` has completed."""
+        self._listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            async with trio.open_nursery() as connections:
+                with trio.CancelScope() as self._accept_scope:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in self._listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections)
+                        self.address = (host, self._listeners[0].socket.getsockname()[1])
+                        log.info("http_listening", host=host, port=self.address[1])
+                        task_status.started(self.address)
+                        if self._signal.requested:
+                            self._accept_scope.cancel()
+                # Accepting stopped: shutdown() was called.  Requests in flight get a deadline.
+                connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
+            log.info("http_shutdown_complete", forced=connections.cancel_scope.cancelled_caught)
+        finally:
+            for listener in self._listeners:
+                await trio.aclose_forcefully(listener)
+
+    def shutdown(self) -> None:
+        """Stop accepting (new connections are refused from now on), close idle
+        keep-alive connections, give requests in flight ``shutdown_timeout``."""
+        if self._signal.requested:
+            return
+        log.info("http_shutdown_started", active_connections=self.active_connections)
+        self._signal.trigger()
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for listener in self._listeners:
+            listener.socket.close()  # synchronous, so connects fail as soon as this returns
+
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                self._slots.release()
+                return
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("http_accept_error", error=str(exc), backoff=_ACCEPT_BACKOFF)
+                await trio.sleep(_ACCEPT_BACKOFF)  # a back-off, not a wait for an event
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            connections.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream: trio.SocketStream) -> None:
+        self.active_connections += 1
+        try:
+            await self._connection_class(stream, self.handler, self.config, self._signal).run()
+        finally:
+            self.active_connections -= 1
+            self._slots.release()

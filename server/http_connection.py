@@ -1,0 +1,381 @@
+"""One client connection: h11 parses and frames, this loop feeds it and waits.
+
+One task per connection, one request at a time: pipelined requests wait in
+h11's buffer (h11 returns PAUSED until ``start_next_cycle``).  Every wait is
+bounded by a trio deadline from ``HTTPConfig``; nothing here sleeps.  Like
+hypercorn's h11 protocol, a connection that cannot be reused is closed, and
+one whose client may still be sending is closed *lingering* (write side shut,
+input discarded for a bounded time) so the response is not lost to a reset.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterable
+from http import HTTPStatus  # the standard library's, not server.http
+
+import h11
+import structlog
+import trio
+
+from server import errors
+from server.http import RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response
+
+log = structlog.get_logger()
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_date_cache: list = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+def new_request_id() -> str:
+    """16 upper-case hex characters, as S3 request ids look."""
+    return "%016X" % random.getrandbits(64)
+
+
+def plain_response(status: int, text: str) -> Response:
+    return Response(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
+
+
+class ShutdownSignal:
+    """Shared by a server and its connections: set once; wakes idle connections."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.idle_scopes: set[trio.CancelScope] = set()
+
+    def trigger(self) -> None:
+        self.requested = True
+        for scope in self.idle_scopes:
+            scope.cancel()
+
+
+class ConnectionLost(Exception):
+    """The socket broke, or the client stopped reading: nothing more can be sent."""
+
+
+class _HeadTimeout(Exception):
+    """A request head started but did not complete within ``header_timeout``."""
+
+
+class HTTPConnection:
+    """Serves requests on one stream until either side is done with it."""
+
+    def __init__(self, stream: trio.SocketStream, handler: Handler, config: HTTPConfig, signal: ShutdownSignal) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.config = config
+        self.signal = signal
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.linger = False  # the client may still be sending: close lingering
+        self.peer_closed = False  # EOF or reset seen on the socket
+        self.requests = 0
+        try:
+            self.remote: tuple[str, int] | None = tuple(stream.socket.getpeername()[:2])  # type: ignore[assignment]
+        except OSError:
+            self.remote = None
+
+    def __repr__(self) -> str:
+        return f"HTTPConnection(remote={self.remote}, requests={self.requests}, states={self.conn.states})"
+
+    async def run(self) -> None:
+        """Serve requests, then close; never raises (but lets cancellation through)."""
+        try:
+            await self._serve_requests()
+            if self.linger and not self.peer_closed:
+                await self._linger()
+        except ConnectionLost as exc:
+            log.info("http_connection_lost", remote=self.remote, reason=str(exc))
+        except Exception:
+            log.error("http_connection_error", remote=self.remote, exc_info=True)
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    # ---- the request cycle ------------------------------------------------
+
+    async def _serve_requests(self) -> None:
+        while True:
+            try:
+                event = await self._receive_head()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                log.info("http_protocol_error", remote=self.remote, status=status, error=str(exc))
+                await self._send_error(status, "Request Header Fields Too Large" if status == 431 else "Bad Request")
+                return
+            except _HeadTimeout:
+                log.info("http_header_timeout", remote=self.remote)
+                await self._send_error(408, "Request Timeout")
+                return
+            if event is None:
+                return
+            self.requests += 1
+            if not await self._handle(event):
+                return
+            self.conn.start_next_cycle()
+
+    async def _receive_head(self) -> h11.Request | None:
+        """The next request head, or None when the connection should just close."""
+        conn = self.conn
+        idle = True
+        deadline = 0.0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if idle:
+                    timeout = self.config.keep_alive_timeout if self.requests else self.config.header_timeout
+                    if not await self._receive_while_idle(timeout):
+                        return None
+                    idle = False
+                    deadline = trio.current_time() + self.config.header_timeout
+                else:
+                    with trio.move_on_at(deadline):
+                        await self._receive()
+                        continue
+                    raise _HeadTimeout
+            elif type(event) is h11.Request:
+                return event
+            else:  # ConnectionClosed (PAUSED cannot happen at the start of a cycle)
+                return None
+
+    async def _receive_while_idle(self, timeout: float) -> bool:
+        """Wait for the first bytes of a request; False on timeout or shutdown."""
+        if self.signal.requested:
+            return False
+        with trio.move_on_after(timeout) as scope:
+            self.signal.idle_scopes.add(scope)
+            try:
+                await self._receive()
+            finally:
+                self.signal.idle_scopes.discard(scope)
+        return not scope.cancelled_caught
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.peer_closed = True
+        self.conn.receive_data(data)
+
+    async def _handle(self, event: h11.Request) -> bool:
+        """Run the handler for one request and answer it; True to keep the connection."""
+        content_length = None
+        headers = []
+        for name, value in event.headers:
+            if name == b"content-length":
+                content_length = int(value)
+            headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        body = RequestBody(self._next_body_chunk, content_length)
+        request = Request(
+            event.method.decode("latin-1"), target, path, query, headers,
+            event.http_version.decode("latin-1"), self.remote, body, new_request_id(),
+        )
+        try:
+            response = await self.handler(request)
+            if not isinstance(response, Response):
+                raise TypeError(f"handler returned {type(response).__name__}, not Response")
+        except errors.S3Error as exc:  # normally the router's job; this is the last resort
+            log.warning("http_handler_s3_error", request_id=request.request_id, code=exc.code, path=request.path)
+            response = plain_response(exc.status, f"{exc.code}: {exc.message}\n")
+        except Exception:
+            log.error("http_handler_error", request_id=request.request_id, method=request.method,
+                      path=request.path, exc_info=True)
+            response = plain_response(500, "Internal Server Error\n")
+        return await self._respond(request, response)
+
+    async def _next_body_chunk(self) -> bytes | None:
+        """The next piece of the request body from h11, None at its end (RequestBody's source)."""
+        conn = self.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self.peer_closed:
+                    raise errors.IncompleteBody() from exc
+                raise errors.InvalidRequest(f"Malformed request body: {exc}") from exc
+            if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    try:
+                        await self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    except ConnectionLost as exc:
+                        raise errors.IncompleteBody() from exc
+                with trio.move_on_after(self.config.body_timeout):
+                    await self._receive()
+                    continue
+                raise errors.RequestTimeout()
+            if type(event) is h11.Data:
+                return event.data
+            if type(event) is h11.EndOfMessage:
+                return None
+            raise errors.IncompleteBody()  # ConnectionClosed cannot come mid-body; be safe
+
+    # ---- the response -----------------------------------------------------
+
+    async def _respond(self, request: Request, response: Response) -> bool:
+        conn = self.conn
+        body = request.body
+        close = self.signal.requested
+        drain = False
+        unread = self._discard_buffered_body() if conn.their_state is h11.SEND_BODY else 0
+        if conn.their_state is h11.SEND_BODY:  # the handler answered before the client sent the whole body
+            length = body.content_length
+            remaining = None if length is None else length - body.bytes_read - unread
+            if conn.they_are_waiting_for_100_continue or remaining is None or remaining > self.config.drain_max_bytes:
+                close = self.linger = True  # don't read a body nobody wants; don't reset the client either
+            else:
+                drain = True
+        elif conn.their_state is not h11.DONE:  # the body broke (client gone, bad framing)
+            close = True
+        head_only = request.method == "HEAD"
+        await self._send_response(response, head_only=head_only, close=close)
+        if drain and not close:
+            if not await self._drain():
+                self.linger = True
+                return False
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def _discard_buffered_body(self) -> int:
+        """Skip body bytes h11 already holds (often just the end of an empty body); no I/O."""
+        discarded = 0
+        try:
+            while type(event := self.conn.next_event()) is h11.Data:
+                discarded += len(event.data)
+        except h11.RemoteProtocolError:
+            pass  # their state is now ERROR: the connection closes after the response
+        return discarded
+
+    def _head(self, response: Response, *, close: bool) -> h11.Response:
+        status = response.status
+        headers = []
+        seen_date = seen_server = seen_length = False
+        for name, value in response.headers:
+            lname = name.lower()
+            if lname == "date":
+                seen_date = True
+            elif lname == "server":
+                seen_server = True
+            elif lname == "content-length":
+                seen_length = True
+            headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
+        if not seen_date:
+            headers.append((b"date", http_date()))
+        if not seen_server:
+            headers.append((b"server", b"tailbucket"))
+        if not seen_length and isinstance(response.body, (bytes, bytearray, memoryview)) \
+                and status not in (204, 304) and status >= 200:
+            headers.append((b"content-length", str(len(response.body)).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+    async def _send_response(self, response: Response, *, head_only: bool, close: bool) -> None:
+        conn = self.conn
+        body = response.body
+        streamed = not isinstance(body, (bytes, bytearray, memoryview))
+        try:
+            try:
+                out = conn.send(self._head(response, close=close))
+                if not streamed:
+                    if body and not head_only and response.status not in (204, 304):
+                        out += conn.send(h11.Data(data=body))
+                    out += conn.send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
+                raise ConnectionLost("invalid response") from None
+            if not streamed:
+                await self._send(out)
+            elif head_only:
+                await self._send(out + conn.send(h11.EndOfMessage()))
+            else:
+                await self._send_stream(out, body)  # type: ignore[arg-type]
+        finally:
+            if streamed and hasattr(body, "aclose"):
+                with trio.move_on_after(self.config.drain_timeout) as scope:
+                    scope.shield = True
+                    await body.aclose()  # type: ignore[union-attr]
+
+    async def _send_stream(self, head: bytes, body: AsyncIterable[bytes]) -> None:
+        conn = self.conn
+        pending = head  # sent with the first chunk when that is small: one packet for small objects
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
+                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if pending and len(data) <= 16 * 1024:
+                    data, pending = pending + data, b""
+                elif pending:
+                    await self._send(pending)
+                    pending = b""
+                await self._send(data)
+            await self._send(pending + conn.send(h11.EndOfMessage()))
+        except (ConnectionLost, trio.Cancelled):
+            raise
+        except h11.LocalProtocolError as exc:
+            log.error("http_response_stream_invalid", remote=self.remote, error=str(exc))
+            raise ConnectionLost("response body does not match its framing") from None
+        except Exception:
+            log.error("http_response_stream_error", remote=self.remote, exc_info=True)
+            raise ConnectionLost("response body failed") from None
+
+    async def _send(self, data: bytes) -> None:
+        with trio.move_on_after(self.config.send_timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.conn.send_failed()
+                raise ConnectionLost(f"client disconnected: {exc}") from None
+        if scope.cancelled_caught:
+            self.conn.send_failed()
+            raise ConnectionLost("send timeout: the client is not reading")
+
+    async def _send_error(self, status: int, text: str) -> None:
+        """Answer a request that never reached a handler, then close (lingering)."""
+        self.linger = True
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        response = plain_response(status, text + "\n")
+        await self._send_response(response, head_only=False, close=True)
+
+    async def _drain(self) -> bool:
+        """Discard the rest of an unread request body (bounded); True when it all came."""
+        drained = 0
+        with trio.move_on_after(self.config.drain_timeout):
+            try:
+                while (chunk := await self._next_body_chunk()) is not None:
+                    drained += len(chunk)
+                    if drained > self.config.drain_max_bytes:
+                        return False
+                return True
+            except errors.S3Error:
+                return False
+        return False
+
+    async def _linger(self) -> None:
+        """Shut our side, then discard the client's input (bounded) before closing, so
+        its kernel does not turn our unread-input close into a reset that eats the response."""
+        with trio.move_on_after(self.config.drain_timeout):
+            try:
+                await self.stream.send_eof()
+                discarded = 0
+                while discarded <= self.config.drain_max_bytes:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        return
+                    discarded += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
