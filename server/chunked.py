@@ -318,7 +318,6 @@ class AwsChunkedBody:
     def __init__(self, source: AsyncIterable[bytes], decoder: ChunkedDecoder) -> None:
         self._source = source.__aiter__()
         self._decoder = decoder
-        self._pending: list[bytes] = []
         self._finished = False
 
     def __repr__(self) -> str:
@@ -342,21 +341,19 @@ class AwsChunkedBody:
             await aclose()
 
     async def __anext__(self) -> bytes:
-        while not self._pending:
-            if self._finished:
-                raise StopAsyncIteration
+        """The data of the next source read that carried any, as one piece (at most one read's size)."""
+        while not self._finished:
             try:
                 data = await self._source.__anext__()
             except StopAsyncIteration:
-                data = None
-            if data is None:
-                self._decoder.finish()
                 self._finished = True
-                log.debug("aws_chunked_decoded", decoder=repr(self._decoder))
-                raise StopAsyncIteration
-            self._pending = [piece for piece in self._decoder.feed(data) if piece]
-            self._pending.reverse()
-        return self._pending.pop()
+                break
+            pieces = self._decoder.feed(data)  # never holds empty pieces
+            if pieces:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._decoder.finish()
+        log.debug("aws_chunked_decoded", decoder=repr(self._decoder))
+        raise StopAsyncIteration
 
 
 def decode_aws_chunked(source: AsyncIterable[bytes], decoder: ChunkedDecoder) -> AwsChunkedBody:

@@ -484,6 +484,13 @@ async def test_async_body_streams_data_then_has_trailers():
     assert body.trailers == {"x-amz-checksum-crc32c": "sOO8/Q=="}
 
 
+async def test_async_body_gives_one_piece_per_source_read():
+    chunks = [b"a", b"bc", b"def"] * 50
+    body = decode_aws_chunked(_pieces(sign_body(chunks, PLAIN["seed_signature"]), 10**6), plain_decoder(None, 300))
+    assert [piece async for piece in body] == [b"".join(chunks)]
+    assert body.trailers == {}
+
+
 async def test_async_body_raises_on_a_truncated_source():
     body = decode_aws_chunked(_pieces(example_body(PLAIN)[:-5], 4096), plain_decoder())
     with pytest.raises(IncompleteBody):
