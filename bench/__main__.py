@@ -1,0 +1,23 @@
+"""``make bench``: every benchmark, each printed as a table with its ceiling measured in the same run."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import server_bench
+
+
+def print_table(title: str, rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"\n{title}")
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def main() -> int:
+    print_table("server (issue: foundation)", server_bench.measure())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
