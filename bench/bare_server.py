@@ -1,11 +1,9 @@
 """The Python ceiling: a bare trio + h11 server that answers every request 200 with no storage and no auth.
 
-Run as ``python -m bench.bare_server PORT_FILE``; it writes its port to PORT_FILE once listening.
+Run as ``python -m bench.bare_server``; it prints its port on stdout once listening.
 """
 
 from __future__ import annotations
-
-import sys
 
 import h11
 import trio
@@ -34,13 +32,11 @@ async def handle(stream: trio.SocketStream) -> None:
         return
 
 
-async def main(port_file: str) -> None:
+async def main() -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    with open(port_file, "w") as f:
-        f.write(str(port))
+    print(listeners[0].socket.getsockname()[1], flush=True)
     await trio.serve_listeners(handle, listeners)
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1])
+    trio.run(main)

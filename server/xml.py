@@ -26,6 +26,7 @@ from urllib.parse import quote
 from xml.parsers import expat
 
 from server.errors import MalformedXML
+from server.timefmt import http_date as http_date  # re-exported: objects.py formats Last-Modified
 from server.timefmt import iso8601
 
 S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -161,10 +162,12 @@ def list_objects_v2(
     contents: Iterable[ObjectEntry],
     common_prefixes: Iterable[str],
     fetch_owner: bool = False,
-    owner_id: str = "",
-    owner_name: str = "",
+    owner: tuple[str, str] | None = None,
 ) -> bytes:
-    """ListBucketResult for ``GET /bucket?list-type=2``; optional elements only when given."""
+    """ListBucketResult for ``GET /bucket?list-type=2``; optional elements only when given.
+
+    ``owner`` is ``(ID, DisplayName)``, listed per object only with ``fetch_owner``.
+    """
     encode = _encoder(encoding_type)
     root = _root("ListBucketResult")
     _add(root, "Name", bucket)
@@ -182,8 +185,7 @@ def list_objects_v2(
     if encoding_type:
         _add(root, "EncodingType", encoding_type)
     _add(root, "IsTruncated", _bool(is_truncated))
-    owner = (owner_id, owner_name) if fetch_owner else None
-    _contents(root, contents, common_prefixes, encode, owner)
+    _contents(root, contents, common_prefixes, encode, owner if fetch_owner else None)
     return _serialize(root)
 
 
@@ -199,10 +201,9 @@ def list_objects_v1(
     encoding_type: str | None,
     contents: Iterable[ObjectEntry],
     common_prefixes: Iterable[str],
-    owner_id: str = "",
-    owner_name: str = "",
+    owner: tuple[str, str] | None = None,
 ) -> bytes:
-    """ListBucketResult for ``GET /bucket`` (v1 always lists each object's Owner)."""
+    """ListBucketResult for ``GET /bucket``; ``owner`` ``(ID, DisplayName)`` is listed per object, as v1 does."""
     encode = _encoder(encoding_type)
     root = _root("ListBucketResult")
     _add(root, "Name", bucket)
@@ -216,7 +217,7 @@ def list_objects_v1(
     if encoding_type:
         _add(root, "EncodingType", encoding_type)
     _add(root, "IsTruncated", _bool(is_truncated))
-    _contents(root, contents, common_prefixes, encode, (owner_id, owner_name))
+    _contents(root, contents, common_prefixes, encode, owner)
     return _serialize(root)
 
 

@@ -138,7 +138,7 @@ def test_list_objects_v2_minimal_and_owner():
     assert _text(root, "s3:IsTruncated") == "false"
     entry = ObjectEntry("k", 0.0, "e", 1)
     assert ET.fromstring(_v2(contents=[entry])).find("s3:Contents/s3:Owner", NS) is None
-    owned = ET.fromstring(_v2(contents=[entry], fetch_owner=True, owner_id="id1", owner_name="me"))
+    owned = ET.fromstring(_v2(contents=[entry], fetch_owner=True, owner=("id1", "me")))
     assert _text(owned, "s3:Contents/s3:Owner/s3:ID") == "id1"
 
 
@@ -192,8 +192,7 @@ def test_list_objects_v1_shape_and_encoding():
             encoding_type="url",
             contents=[ObjectEntry("p q/1", 0, "e", 5)],
             common_prefixes=["p q/d/"],
-            owner_id="id1",
-            owner_name="me",
+            owner=("id1", "me"),
         )
     )
     assert _text(root, "s3:Marker") == "m%20n" and _text(root, "s3:NextMarker") == "n%20o"
