@@ -1,0 +1,171 @@
+"""Data files: the bytes of objects, one file per object version.
+
+Files live at ``DATA/objects/<2 hex>/<32 hex id>`` with random ids: names never
+derive from keys (keys may hold ``../``, ``//`` or anything else), and a plain
+PUT writes a new file so readers of the old version keep reading it.
+
+A data file may be longer than its object's committed length (an append in
+flight, or one that died); the index is the truth and readers never look past
+it.  Everything here blocks: call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class DataFiles:
+    """The ``objects`` directory under the data dir."""
+
+    def __init__(self, root: Path, *, durable: bool) -> None:
+        self.root = root
+        self.durable = durable
+
+    def __repr__(self) -> str:
+        return f"DataFiles(root={str(self.root)!r}, durable={self.durable})"
+
+    def prepare(self) -> None:
+        """Create all 256 fan-out directories up front, so creating a data file
+        only ever needs its own directory synced."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for n in range(256):
+            (self.root / f"{n:02x}").mkdir(exist_ok=True)
+        if self.durable:
+            _sync_dir(self.root)
+            _sync_dir(self.root.parent)
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(16)
+
+    def path(self, file_id: str) -> str:
+        return f"{self.root}/{file_id[:2]}/{file_id}"
+
+    def create(self, file_id: str) -> int:
+        return os.open(self.path(file_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+    def open_write(self, file_id: str) -> int:
+        # Not O_APPEND: on Linux pwrite ignores the offset under O_APPEND.
+        return os.open(self.path(file_id), os.O_WRONLY | os.O_CLOEXEC)
+
+    def open_read(self, file_id: str) -> int:
+        return os.open(self.path(file_id), os.O_RDONLY | os.O_CLOEXEC)
+
+    def sync(self, fd: int, *, fresh: bool = False) -> None:
+        """Make written bytes durable (a no-op when durability is relaxed).
+        A fresh file gets a full fsync (its inode is new) plus its directory."""
+        if not self.durable:
+            return
+        if fresh:
+            os.fsync(fd)
+        else:
+            os.fdatasync(fd)
+
+    def sync_dir_of(self, file_id: str) -> None:
+        if self.durable:
+            _sync_dir(self.root / file_id[:2])
+
+    def unlink(self, file_id: str) -> None:
+        try:
+            os.unlink(self.path(file_id))
+        except FileNotFoundError:
+            pass
+
+    def scan(self) -> Iterator[tuple[str, int]]:
+        """(file id, size) of every data file; names that are not ours are logged and left alone."""
+        for sub in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(sub.path):
+                name = entry.name
+                if len(name) != 32 or not _HEX.issuperset(name) or name[:2] != sub.name:
+                    log.warning("storage_foreign_file", path=entry.path)
+                    continue
+                yield name, entry.stat(follow_symlinks=False).st_size
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def read_at(fd: int, offset: int, length: int) -> bytes:
+    """Exactly ``length`` bytes at ``offset``; a short file is a bug or damage, never silent."""
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise OSError(errno.EIO, f"data file ends at {offset + len(data)}, expected {offset + length}")
+        data += more
+    return data
+
+
+class PendingWrite:
+    """Bytes being added to one data file past its committed length.
+
+    They are invisible until the index commits the new length; ``discard``
+    puts the file back (truncate to ``base``, or remove a fresh file).
+    ``fresh`` = the write makes a new data file (PUT, create-by-append), which
+    is only created when the first bytes (or the final ``finish``) arrive.
+    """
+
+    def __init__(self, files: DataFiles, file_id: str, fd: int | None, base: int, *, fresh: bool) -> None:
+        self.files = files
+        self.file_id = file_id
+        self.fd = fd
+        self.base = base
+        self.fresh = fresh
+        self.written = 0
+        self.touched = False  # the file may differ from its committed state
+
+    def __repr__(self) -> str:
+        return f"PendingWrite(file_id={self.file_id!r}, base={self.base}, written={self.written}, fresh={self.fresh})"
+
+    def write(self, data: bytes) -> None:
+        self.touched = True
+        if self.fd is None:
+            self.fd = self.files.create(self.file_id)
+        write_at(self.fd, data, self.base + self.written)
+        self.written += len(data)
+
+    def finish(self, tail: bytes) -> None:
+        """Write the last bytes and make all of them durable (before the index commit)."""
+        if tail or self.fd is None:
+            self.write(tail)
+        assert self.fd is not None
+        self.files.sync(self.fd, fresh=self.fresh)
+        if self.fresh:
+            self.files.sync_dir_of(self.file_id)
+
+    def discard(self) -> None:
+        """Undo: nothing of this write may remain visible or take space."""
+        if self.fresh:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            self.files.unlink(self.file_id)
+        elif self.fd is not None:
+            os.ftruncate(self.fd, self.base)
+        self.written = 0
+        self.touched = False
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,102 @@
+"""Start-up recovery: make the data files agree with the committed index.
+
+After a crash a data file may be longer than its committed length (an append
+was writing when the process died): truncate it back.  A data file no index
+row refers to is the leftover of a PUT or create that never committed: delete
+it.  Both are routine.
+
+A data file SHORTER than its committed length (or missing) cannot come from a
+process crash; it means the disk lost acknowledged bytes (power loss with
+``fsync=False``, or damage).  The row is clamped to the bytes that exist, its
+ETag and CRC32 recomputed from them, and the event logged as an error: the
+index never points past the end of a file.
+
+Blocking; runs in one worker thread before the storage serves anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import zlib
+from dataclasses import dataclass, replace
+
+import structlog
+
+from server import index
+from server.datafiles import DataFiles, read_at
+from server.records import MiB
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    truncated: int  # data files cut back to their committed length
+    deleted: int  # unreferenced data files removed
+    damaged: int  # objects clamped to fewer bytes than committed (lost data)
+
+
+def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
+    rows = {obj.file_id: obj for obj in index.all_objects(conn)}
+    truncated = deleted = damaged = 0
+    seen: set[str] = set()
+    for file_id, size in files.scan():
+        obj = rows.get(file_id)
+        if obj is None:
+            files.unlink(file_id)
+            deleted += 1
+            log.info("storage_orphan_deleted", file_id=file_id, size=size)
+            continue
+        seen.add(file_id)
+        committed = obj.info.size
+        if size > committed:
+            fd = files.open_write(file_id)
+            try:
+                os.ftruncate(fd, committed)
+                files.sync(fd)
+            finally:
+                os.close(fd)
+            truncated += 1
+            log.info(
+                "storage_uncommitted_tail_truncated",
+                bucket=obj.info.bucket,
+                key=obj.info.key,
+                file_size=size,
+                committed=committed,
+            )
+        elif size < committed:
+            _clamp(conn, files, obj, size)
+            damaged += 1
+    for file_id, obj in rows.items():
+        if file_id not in seen:
+            os.close(files.create(file_id))
+            files.sync_dir_of(file_id)
+            _clamp(conn, files, obj, 0)
+            damaged += 1
+    return RecoveryReport(truncated=truncated, deleted=deleted, damaged=damaged)
+
+
+def _clamp(conn: sqlite3.Connection, files: DataFiles, obj: index.IndexedObject, size: int) -> None:
+    md5 = hashlib.md5()
+    crc = 0
+    fd = files.open_read(obj.file_id)
+    try:
+        for offset in range(0, size, MiB):
+            chunk = read_at(fd, offset, min(MiB, size - offset))
+            md5.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+    finally:
+        os.close(fd)
+    info = obj.info
+    etag = md5.hexdigest() if info.appends <= 1 else f"{md5.hexdigest()}-{info.appends}"
+    index.put_object(conn, replace(info, size=size, etag=etag, crc32=crc), obj.file_id)
+    log.error(
+        "storage_object_lost_bytes",
+        bucket=info.bucket,
+        key=info.key,
+        committed=info.size,
+        on_disk=size,
+        file_id=obj.file_id,
+    )
