@@ -310,6 +310,9 @@ def test_iso8601_has_milliseconds_and_z():
 
 
 def test_http_date_and_back():
+    from server import xml as s3xml
+
+    assert s3xml.http_date is http_date  # objects.py imports it from server.xml
     assert http_date(1445412480.7) == "Wed, 21 Oct 2015 07:28:00 GMT"
     assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
     assert parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT") == 1445412480.0
