@@ -1,0 +1,210 @@
+"""S3 operations over an injected ``httpx.AsyncClient``.
+
+One method per operation the sink needs: HEAD, append (PUT with an offset),
+PUT, GET, create bucket, delete, CreateSession. Each builds its request with
+``sink.protocol``, sends it through the client it was given (so tests inject
+a transport instead of patching anything), and turns the answer into a value
+or a ``sink.errors`` exception. httpx exceptions never leave this module.
+
+Bodies are ``bytes`` with a fixed Content-Length: never chunked transfer
+encoding, which S3 Express refuses for appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import httpx
+import structlog
+
+from . import protocol
+from .errors import (
+    AuthError,
+    ConfigError,
+    NotFoundError,
+    OffsetMismatchError,
+    RemoteError,
+    ServerError,
+    ThrottledError,
+    TooManyAppends,
+    TransportError,
+)
+from .protocol import Addressing, Checksum, Endpoint, Outcome
+
+log = structlog.get_logger()
+
+
+@runtime_checkable
+class BucketAuth(Protocol):
+    """Auth that depends on the bucket (S3 Express sessions are per bucket)."""
+
+    def auth_for(self, bucket: str) -> httpx.Auth: ...
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What HEAD says about an object."""
+
+    size: int
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class AppendAck:
+    """A successful append. ``new_size`` is ``x-amz-object-size`` when the
+    server sent it (``reported_size``), else offset + body length."""
+
+    new_size: int
+    etag: str | None
+    reported_size: int | None
+
+
+_ERRORS: dict[Outcome, type[RemoteError]] = {
+    Outcome.OFFSET_MISMATCH: OffsetMismatchError,
+    Outcome.NOT_FOUND: NotFoundError,
+    Outcome.AUTH: AuthError,
+    Outcome.THROTTLED: ThrottledError,
+    Outcome.SERVER: ServerError,
+    Outcome.FATAL: RemoteError,
+}
+
+
+class S3Client:
+    """The sink's S3 operations against one endpoint."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        endpoint: str | Endpoint,
+        *,
+        auth: httpx.Auth | BucketAuth | None = None,
+        addressing: Addressing = "auto",
+        checksum: Checksum = "crc32",
+        region: str | None = None,
+    ) -> None:
+        self._http = http
+        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
+        self._auth = auth
+        self.addressing: Addressing = addressing
+        self.checksum: Checksum = checksum
+        self.region = region
+        self.requests_sent = 0
+        self.in_flight = 0
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<S3Client {self.endpoint} addressing={self.addressing} sent={self.requests_sent} "
+            f"in_flight={self.in_flight} last_error={self.last_error!r}>"
+        )
+
+    # -- operations ---------------------------------------------------------
+
+    async def head_object(self, bucket: str, key: str) -> ObjectState | None:
+        """The object's size and ETag, or None if it does not exist."""
+        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        response = await self._send(protocol.Request("HEAD", url), bucket, key, missing_ok=True)
+        if response.status_code == 404:
+            return None
+        size = protocol.header_int(response.headers, "content-length")
+        if size is None:
+            raise RemoteError("HEAD answer has no valid Content-Length", code="BadResponse", status=response.status_code, bucket=bucket, key=key)
+        return ObjectState(size, response.headers.get("etag"))
+
+    async def append(self, bucket: str, key: str, offset: int, body: bytes, *, checksum: bool = True) -> AppendAck:
+        """Append ``body`` at ``offset``. Raises OffsetMismatchError when the
+        server refuses the offset, TooManyAppends on ``TooManyParts``."""
+        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        request = protocol.append_request(url, offset, body, self.checksum if checksum else "none")
+        response = await self._send(request, bucket, key, appending=True)
+        reported = protocol.header_int(response.headers, protocol.OBJECT_SIZE_HEADER)
+        new_size = reported if reported is not None else offset + len(body)
+        return AppendAck(new_size, response.headers.get("etag"), reported)
+
+    async def put_object(self, bucket: str, key: str, body: bytes, *, checksum: bool = True) -> str | None:
+        """Create or replace the object; returns its ETag."""
+        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        response = await self._send(protocol.put_request(url, body, self.checksum if checksum else "none"), bucket, key)
+        return response.headers.get("etag")
+
+    async def get_object(self, bucket: str, key: str, range: tuple[int, int | None] | None = None) -> bytes:
+        """The whole object (or a byte range) in memory: for small objects and tests."""
+        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        response = await self._send(protocol.get_request(url, range), bucket, key)
+        return response.content
+
+    async def create_bucket(self, bucket: str, *, exist_ok: bool = True) -> None:
+        """Create the bucket; with ``exist_ok`` a bucket we already own is fine."""
+        url = protocol.bucket_url(self.endpoint, bucket, self.addressing)
+        try:
+            await self._send(protocol.create_bucket_request(url, self.region), bucket, None)
+        except RemoteError as exc:
+            if not (exist_ok and exc.code == "BucketAlreadyOwnedByYou"):
+                raise
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Delete the object (S3 answers 204 whether or not it existed)."""
+        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        await self._send(protocol.Request("DELETE", url), bucket, key)
+
+    async def create_session(self, bucket: str, mode: str | None = None) -> protocol.SessionGrant:
+        """S3 Express ``CreateSession``: temporary credentials for one bucket."""
+        url = protocol.bucket_url(self.endpoint, bucket, self.addressing, query="session")
+        headers = {"x-amz-create-session-mode": mode} if mode else {}
+        response = await self._send(protocol.Request("GET", url, headers), bucket, None)
+        try:
+            return protocol.parse_create_session(response.content, response.headers)
+        except ValueError as exc:
+            raise RemoteError(str(exc), code="BadResponse", status=response.status_code, bucket=bucket) from exc
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _auth_for(self, bucket: str) -> httpx.Auth | None:
+        if isinstance(self._auth, BucketAuth):
+            return self._auth.auth_for(bucket)
+        return self._auth
+
+    async def _send(
+        self,
+        req: protocol.Request,
+        bucket: str,
+        key: str | None,
+        *,
+        appending: bool = False,
+        missing_ok: bool = False,
+    ) -> httpx.Response:
+        """Send one request; return a 2xx (or a wanted 404), raise the rest."""
+        try:
+            request = self._http.build_request(req.method, req.url, headers=req.headers, content=req.body)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"cannot build a URL for {bucket}/{key}: {exc}") from exc
+        self.requests_sent += 1
+        self.in_flight += 1
+        try:
+            auth = self._auth_for(bucket)
+            response = await self._http.send(request, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT)
+        except httpx.UnsupportedProtocol as exc:
+            raise ConfigError(f"endpoint {self.endpoint} is not usable: {exc}") from exc
+        except httpx.TransportError as exc:
+            self.last_error = type(exc).__name__
+            what = f"{bucket}/{key}" if key else bucket
+            raise TransportError(f"{req.method} {what}: {type(exc).__name__}: {exc or 'no details'}") from exc
+        finally:
+            self.in_flight -= 1
+        if response.is_success or (missing_ok and response.status_code == 404):
+            return response
+        raise self._error(response, bucket, key, appending=appending)
+
+    def _error(self, response: httpx.Response, bucket: str, key: str | None, *, appending: bool) -> Exception:
+        info = protocol.parse_error(response.status_code, response.content, response.headers)
+        self.last_error = info.code
+        outcome = protocol.classify(info.status, info.code, appending=appending)
+        log.debug("s3_error", code=info.code, status=info.status, bucket=bucket, key=key, request_id=info.request_id)
+        if outcome is Outcome.TOO_MANY_PARTS:
+            return TooManyAppends(f"server refused the append: {info.code}: {info.message}", bucket=bucket, key=key or "")
+        message = info.message
+        if outcome is Outcome.AUTH:
+            message = f"{message} — {protocol.auth_hint(info.code)}"
+        cls = _ERRORS.get(outcome, RemoteError)
+        return cls(message, code=info.code, status=info.status, request_id=info.request_id, bucket=bucket, key=key)
