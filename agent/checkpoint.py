@@ -1,0 +1,297 @@
+"""Durable per-stream progress: what is shipped, and what is being shipped.
+
+Per stream the agent keeps (DESIGN.md, "Exactly once, end to end"): the file's
+identity, the file offset shipped, the object key, the object length it
+expects, and at most one *intent* "append file bytes [f0, f1) at object offset
+r0, making it r1", recorded before the PUT goes out.  The transitions on
+``StreamState`` are pure and refuse steps that would lose or repeat bytes.
+
+Storage: one JSON file replaced atomically (write a temp file, fsync, rename,
+fsync the directory).  Chosen over SQLite because the state is small (a few
+hundred bytes per stream), a whole-file snapshot is trivially consistent across
+streams, it can be read with ``cat`` when something goes wrong, and a commit
+costs the same two fsyncs a SQLite WAL commit would.  Writes are group
+commits: every ``save`` that arrives while a write is running goes into the next
+one, so N streams acknowledging at once cost one write, not N.  An exclusive
+``flock`` on the state directory keeps a second agent out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+import structlog
+import trio
+
+from agent.errors import CheckpointConflict, CheckpointError, CheckpointLocked
+from agent.fingerprint import FileIdentity
+
+STATE_FILE = "checkpoint.json"
+TEMP_FILE = "checkpoint.json.tmp"
+LOCK_FILE = "checkpoint.lock"
+VERSION = 1
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Intent:
+    """About to append file bytes [f0, f1) of ``identity`` at object offset r0, making it r1."""
+
+    identity: FileIdentity
+    f0: int
+    f1: int
+    r0: int
+    r1: int
+
+
+@dataclass(frozen=True)
+class StreamState:
+    stream: str  # the stream's name (the path it follows)
+    key: str  # the object it appends to
+    identity: FileIdentity | None  # the file ``offset`` refers to; None before the first file
+    offset: int = 0  # file bytes before this are in the object (or deliberately skipped)
+    object_length: int = 0  # the object's length once every recorded append has landed
+    intent: Intent | None = None
+
+    # -- pure transitions ----------------------------------------------------
+
+    def with_intent(self, intent: Intent) -> StreamState:
+        """Record an append about to be sent."""
+        if self.intent is not None:
+            raise CheckpointConflict(f"{self.stream}: an intent is already pending ({self.intent})")
+        if intent.r0 != self.object_length:
+            raise CheckpointConflict(f"{self.stream}: intent starts at object offset {intent.r0}, expected {self.object_length}")
+        if intent.f1 < intent.f0 or intent.r1 < intent.r0 or intent.f0 < 0:
+            raise CheckpointConflict(f"{self.stream}: intent ranges are backwards: {intent}")
+        return replace(self, intent=intent)
+
+    def landed(self) -> StreamState:
+        """The pending append is in the object (200, or a HEAD showing length r1)."""
+        intent = self._pending()
+        return replace(self, identity=intent.identity, offset=intent.f1, object_length=intent.r1, intent=None)
+
+    def not_landed(self) -> StreamState:
+        """The pending append is not in the object (a HEAD showed r0): it will be sent again."""
+        self._pending()
+        return replace(self, intent=None)
+
+    def rolled(self, key: str) -> StreamState:
+        """Continue in a new, empty object."""
+        if self.intent is not None:
+            raise CheckpointConflict(f"{self.stream}: cannot roll to {key!r} with an append pending")
+        return replace(self, key=key, object_length=0)
+
+    def moved(self, identity: FileIdentity, offset: int) -> StreamState:
+        """Follow another file, or skip ahead in one, without shipping (``read_from: end``)."""
+        if self.intent is not None:
+            raise CheckpointConflict(f"{self.stream}: cannot move to another file with an append pending")
+        return replace(self, identity=identity, offset=offset)
+
+    def _pending(self) -> Intent:
+        if self.intent is None:
+            raise CheckpointConflict(f"{self.stream}: no append is pending")
+        return self.intent
+
+    # -- JSON ------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, object]:
+        intent = self.intent
+        return {
+            "key": self.key,
+            "identity": None if self.identity is None else self.identity.to_json(),
+            "offset": self.offset,
+            "object_length": self.object_length,
+            "intent": None
+            if intent is None
+            else {"identity": intent.identity.to_json(), "f0": intent.f0, "f1": intent.f1, "r0": intent.r0, "r1": intent.r1},
+        }
+
+    @classmethod
+    def from_json(cls, stream: str, data: dict[str, object]) -> StreamState:
+        identity = data["identity"]
+        raw_intent = data["intent"]
+        intent = None
+        if raw_intent is not None:
+            assert isinstance(raw_intent, dict)
+            intent = Intent(
+                FileIdentity.from_json(raw_intent["identity"]),
+                *(_int(raw_intent[k]) for k in ("f0", "f1", "r0", "r1")),
+            )
+        key = data["key"]
+        if not isinstance(key, str):
+            raise ValueError(f"key is not a string: {key!r}")
+        return cls(
+            stream=stream,
+            key=key,
+            identity=None if identity is None else FileIdentity.from_json(identity),  # type: ignore[arg-type]
+            offset=_int(data["offset"]),
+            object_length=_int(data["object_length"]),
+            intent=intent,
+        )
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not an offset: {value!r}")
+    return value
+
+
+# -- the file (blocking; called in worker threads) ------------------------------
+
+
+def load_states(state_dir: Path) -> dict[str, StreamState]:
+    """The last committed state; ``{}`` when there is none yet."""
+    try:
+        raw = (state_dir / STATE_FILE).read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {state_dir / STATE_FILE}: {exc}") from exc
+    try:
+        document = json.loads(raw)
+        if document.get("version") != VERSION:
+            raise CheckpointError(f"{state_dir / STATE_FILE}: unknown version {document.get('version')!r}")
+        return {name: StreamState.from_json(name, data) for name, data in document["streams"].items()}
+    except (ValueError, KeyError, TypeError, AssertionError, AttributeError) as exc:
+        raise CheckpointError(f"{state_dir / STATE_FILE} is corrupt: {exc!r}") from exc
+
+
+def write_states(state_dir: Path, states: Mapping[str, StreamState]) -> None:
+    """Replace the state file atomically: temp, fsync, rename, fsync the directory."""
+    document = {"version": VERSION, "streams": {name: s.to_json() for name, s in sorted(states.items())}}
+    data = json.dumps(document, separators=(",", ":")).encode()
+    temp = state_dir / TEMP_FILE
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, state_dir / STATE_FILE)
+    _fsync_dir(state_dir)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Create ``state_dir`` if needed and hold its lock; the fd is the lock."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise CheckpointError(f"cannot use state directory {state_dir}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CheckpointLocked(f"{state_dir} is in use by another agent") from None
+    (state_dir / TEMP_FILE).unlink(missing_ok=True)  # a write that crashed before its rename
+    return fd
+
+
+# -- the trio side -----------------------------------------------------------------
+
+
+class Checkpoint:
+    """The live state, and group-committed saves of it.  Made by ``open_checkpoint``.
+
+    Group commit without a background task: the first ``save`` that finds no
+    write running becomes the writer and writes everything staged so far; the
+    others wait, and one of them writes whatever arrived meanwhile.
+    """
+
+    def __init__(self, state_dir: Path, states: dict[str, StreamState]) -> None:
+        self.state_dir = state_dir
+        self._states = states
+        self._staged = 0  # generation of the newest change in memory
+        self._written = 0  # generation on disk
+        self._writes = 0
+        self._writing = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self._error: CheckpointError | None = None
+
+    @property
+    def streams(self) -> Mapping[str, StreamState]:
+        """Every stream's latest state (saved or being saved)."""
+        return dict(self._states)
+
+    @property
+    def writes(self) -> int:
+        """How many times the file was written (tests check group commit with it)."""
+        return self._writes
+
+    def get(self, stream: str) -> StreamState | None:
+        return self._states.get(stream)
+
+    async def save(self, *states: StreamState) -> None:
+        """Return once ``states`` are on disk (with whatever else was saved meanwhile)."""
+        for state in states:
+            self._states[state.stream] = state
+        await self._commit()
+
+    async def remove(self, *streams: str) -> None:
+        """Forget streams (their file is gone and fully shipped); durable on return."""
+        for stream in streams:
+            self._states.pop(stream, None)
+        await self._commit()
+
+    async def _commit(self) -> None:
+        self._staged += 1
+        mine = self._staged
+        while self._written < mine:
+            if self._error is not None:
+                raise self._error
+            if self._writing:
+                await self._lot.park()
+                continue
+            self._writing = True
+            try:
+                await self._write_once()
+            finally:
+                self._writing = False
+                self._lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+    async def _write_once(self) -> None:
+        generation, snapshot = self._staged, dict(self._states)
+        try:
+            await trio.to_thread.run_sync(write_states, self.state_dir, snapshot)
+        except OSError as exc:
+            self._error = CheckpointError(f"cannot write {self.state_dir / STATE_FILE}: {exc}")
+            log.error("checkpoint_write_failed", state_dir=str(self.state_dir), error=str(exc))
+            raise self._error from exc
+        self._written = generation
+        self._writes += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"<Checkpoint {self.state_dir} streams={len(self._states)} "
+            f"staged={self._staged} written={self._written} writes={self._writes}>"
+        )
+
+
+@asynccontextmanager
+async def open_checkpoint(state_dir: str | Path) -> AsyncIterator[Checkpoint]:
+    """Lock ``state_dir`` (creating it), load its state, release the lock on exit."""
+    directory = Path(state_dir)
+    lock_fd = await trio.to_thread.run_sync(lock_state_dir, directory)
+    try:
+        states = await trio.to_thread.run_sync(load_states, directory)
+        log.info("checkpoint_loaded", state_dir=str(directory), streams=len(states))
+        yield Checkpoint(directory, states)
+    finally:
+        os.close(lock_fd)
