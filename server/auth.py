@@ -12,7 +12,7 @@ Refusals (``server.errors``), following what AWS S3 answers:
   both header and query auth                     → InvalidArgument (400)
   unparsable Authorization / wrong scope         → AuthorizationHeaderMalformed (400)
   bad presigned parameters                       → AuthorizationQueryParametersError (400)
-  no x-amz-content-sha256 on header auth         → InvalidRequest (400)
+  (no x-amz-content-sha256 on header auth is accepted for curl < 8, see ``BodySignature``)
   bad x-amz-content-sha256 value                 → InvalidArgument (400)
   unknown access key                             → InvalidAccessKeyId (403)
   request time more than 15 minutes off          → RequestTimeTooSkewed (403)
@@ -55,6 +55,8 @@ SESSION_TOKEN_QUERY = "X-Amz-S3session-Token"
 PAYLOAD_MODES = frozenset(
     {sigv4.UNSIGNED_PAYLOAD, sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER, sigv4.STREAMING_UNSIGNED_TRAILER}
 )
+# ``AuthResult.payload`` when the signature covers a body not yet read (see BodySignature).
+BODY_SIGNATURE_PENDING = "BODY-SIGNATURE-PENDING"
 QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Expires")
 _AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -127,18 +129,40 @@ class ChunkVerifier:
         self._check(sts, trailer_signature, "trailer")
 
 
+class BodySignature:
+    """A signature over a body whose SHA-256 is known only once it is read.
+
+    curl before 8.x (``--aws-sigv4``) sends no ``x-amz-content-sha256`` but
+    signs the body's SHA-256 (curl/curl#8810).  AWS refuses such requests; we
+    accept them because curl is a client we promise to serve.  Everything but
+    the signature is checked up front; hash the body, then call ``verify``
+    before committing anything.
+    """
+
+    def __init__(self, check: Callable[[str], object]) -> None:
+        self._check = check
+
+    def verify(self, body_sha256_hex: str) -> None:
+        """Raise SignatureDoesNotMatch unless the request was signed for this body."""
+        self._check(body_sha256_hex)
+
+
 @dataclass(frozen=True)
 class AuthResult:
     """An authenticated request: who, and what its body must be.
 
     ``payload`` is the lower-case hex SHA-256 the body must have,
-    ``UNSIGNED-PAYLOAD``, or one of the ``STREAMING-*`` modes;
-    ``chunk_verifier`` is set for the two signed streaming modes.
+    ``UNSIGNED-PAYLOAD``, one of the ``STREAMING-*`` modes, or
+    ``BODY-SIGNATURE-PENDING``; ``chunk_verifier`` is set for the two signed
+    streaming modes, ``body_signature`` for the pending one.  (A consumer that
+    does not know the pending mode compares the body's hash to that string and
+    refuses: it fails closed.)
     """
 
     access_key_id: str
     payload: str
     chunk_verifier: ChunkVerifier | None = None
+    body_signature: BodySignature | None = None
 
 
 def _same(expected: str, provided: str) -> bool:
@@ -264,10 +288,8 @@ class _Policy:
             auth = sigv4.parse_authorization(value)
         except ValueError as exc:
             raise AuthorizationHeaderMalformed(f"The authorization header is malformed; {exc}") from exc
-        payload = self.header("x-amz-content-sha256")
-        if payload is None:
-            raise InvalidRequest("Missing required header for this request: x-amz-content-sha256")
-        payload = _payload_mode(payload)
+        declared = self.header("x-amz-content-sha256")
+        payload = _payload_mode(declared) if declared is not None else self.implied_payload()
         amz_date, request_time = self.request_time()
         self.check_scope(auth, amz_date, AuthorizationHeaderMalformed)
         if abs(self.now - request_time) > MAX_SKEW_SECONDS:
@@ -278,10 +300,13 @@ class _Policy:
             )
         secret = self.secret_for(auth.access_key_id, self.header(SESSION_TOKEN_HEADER))
         self.check_all_signed(auth.signed_headers)
-        key = check_signature(
-            method, path, query, headers, auth, secret,
-            amz_date=amz_date, payload_hash=self.header("x-amz-content-sha256") or "",
-        )  # fmt: skip
+
+        def check(payload_hash: str) -> bytes:
+            return check_signature(method, path, query, headers, auth, secret, amz_date=amz_date, payload_hash=payload_hash)
+
+        if payload == BODY_SIGNATURE_PENDING:
+            return AuthResult(auth.access_key_id, payload, body_signature=BodySignature(check))
+        key = check(declared if declared is not None else payload)
         return _result(auth, payload, key, amz_date)
 
     def query_auth(
@@ -328,6 +353,13 @@ class _Policy:
             amz_date=amz_date, payload_hash=payload, exclude_query=("X-Amz-Signature",),
         )  # fmt: skip
         return _result(auth, _payload_mode(payload), key, amz_date)
+
+    def implied_payload(self) -> str:
+        """No x-amz-content-sha256: an empty body's hash is known now; any other is pending."""
+        length = self.header("content-length")
+        if self.header("transfer-encoding") is None and length in (None, "0"):
+            return sigv4.EMPTY_SHA256
+        return BODY_SIGNATURE_PENDING
 
     def request_time(self) -> tuple[str, float]:
         """The signing time: x-amz-date, else the Date header (as an amz date)."""

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 import pytest
 
 from server.auth import (
+    BODY_SIGNATURE_PENDING,
     AuthorizationQueryParametersError,
+    BodySignature,
     ChunkVerifier,
     Session,
     StaticKeyring,
@@ -130,9 +132,61 @@ def test_header_and_query_auth_together_is_invalid():
         auth(sign(), query="X-Amz-Algorithm=AWS4-HMAC-SHA256")
 
 
-def test_missing_content_sha256_is_invalid_request():
-    with pytest.raises(InvalidRequest, match="x-amz-content-sha256"):
-        auth(sign(payload=None))
+def unsigned_hash_request(body_hash: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Signed as curl < 8 signs: the body's hash in the canonical request, no x-amz-content-sha256 sent."""
+    base = [("host", "s3.test"), ("x-amz-date", AMZ_DATE)] + headers
+    authz = sigv4.authorization_header(
+        "PUT", "/bucket/key", "", base, ["host", "x-amz-date"], body_hash,
+        amz_date=AMZ_DATE, access_key_id=AKID, secret=SECRET, region=REGION,
+    )  # fmt: skip
+    return base + [("authorization", authz)]
+
+
+@pytest.mark.parametrize("framing", [[], [("content-length", "0")]], ids=["no-body", "empty-body"])
+def test_missing_content_sha256_means_the_empty_body_when_there_is_none(framing):
+    result = auth(unsigned_hash_request(sigv4.EMPTY_SHA256, framing))
+    assert result.payload == sigv4.EMPTY_SHA256 and result.body_signature is None
+    with pytest.raises(SignatureDoesNotMatch):
+        auth(unsigned_hash_request(BODY_SHA, framing))
+
+
+@pytest.mark.parametrize("framing", [[("content-length", "5")], [("transfer-encoding", "chunked")]])
+def test_missing_content_sha256_defers_the_signature_to_the_body(framing):
+    result = auth(unsigned_hash_request(BODY_SHA, framing))
+    assert result.payload == BODY_SIGNATURE_PENDING and result.chunk_verifier is None
+    assert isinstance(result.body_signature, BodySignature)
+    result.body_signature.verify(BODY_SHA)
+    with pytest.raises(SignatureDoesNotMatch):
+        result.body_signature.verify(hashlib.sha256(b"hellp").hexdigest())
+    # Everything else is still checked before the body is read.
+    with pytest.raises(RequestTimeTooSkewed):
+        auth(unsigned_hash_request(BODY_SHA, framing), now=T + 901)
+
+
+def test_curl_7_88_request_is_accepted():
+    """Captured from curl 7.88.1: --aws-sigv4 "aws:amz:us-east-1:s3" --user AK:SK --data-binary hello."""
+    headers = [
+        ("host", "127.0.0.1:18765"),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AK/20261125/us-east-1/s3/aws4_request, "
+         "SignedHeaders=host;x-amz-date;x-amz-write-offset-bytes, "
+         "Signature=a27a00c56fd23feb6c198e69b33d446f03b921df219f757b0b1890ad6c3e5ea2"),
+        ("x-amz-date", "20261125T151832Z"),
+        ("user-agent", "curl/7.88.1"),
+        ("accept", "*/*"),
+        ("x-amz-write-offset-bytes", "1024"),
+        ("content-length", "5"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ]  # fmt: skip
+    when = sigv4_time("20261125T151832Z")
+    result = authenticate("POST", "/b/k", "", headers, StaticKeyring({"AK": "SK"}), now=when)
+    assert result.payload == BODY_SIGNATURE_PENDING
+    result.body_signature.verify(hashlib.sha256(b"hello").hexdigest())
+    with pytest.raises(SignatureDoesNotMatch):
+        result.body_signature.verify(hashlib.sha256(b"hellO").hexdigest())
+
+
+def sigv4_time(amz_date: str) -> float:
+    return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize("value", ["abc", "0" * 63, "g" * 64, "unsigned-payload", "STREAMING-AWS4-HMAC-SHA256-PAYLOADX"])
