@@ -22,13 +22,14 @@ The writer holds only the one body it is sending; it is not re-entrant.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import structlog
 import trio
 
-from .client import AppendAck, S3Client
+from .client import AppendAck, ObjectState, S3Client
 from .compress import Codec, Identity
 from .errors import (
     AppendPending,
@@ -45,6 +46,11 @@ from .retry import RandomSource, RetryPolicy, call_with_retry, is_retriable
 log = structlog.get_logger()
 
 S3EXPRESS_MAX_APPENDS = 10_000  # S3 Express refuses more appends to one object (TooManyParts)
+_ROLL_ERRORS: dict[str, type[RollOverRequired]] = {
+    "max_bytes": ObjectTooLarge,
+    "max_appends": TooManyAppends,
+    "server_too_many_parts": TooManyAppends,
+}
 
 
 @dataclass(frozen=True)
@@ -176,15 +182,19 @@ class ObjectWriter:
     # -- sending --------------------------------------------------------------
 
     async def _send(self, body: bytes) -> int:
+        """Send ``body`` at the known offset until it has landed exactly once."""
         size = len(body)
         await self._announce(size)
         backoff = self.retry.start(trio.current_time(), self.rand)
         while True:
             self.pending = size
+            reconcile_first = False
             try:
                 ack = await self.client.append(self.bucket, self.key, self._length, body, checksum=self.checksum)
             except TooManyAppends:
                 self.pending = None  # refused before writing: nothing landed
+                if self._length == 0 and self.appends == 0:
+                    raise  # even a fresh object refuses: rolling again would loop forever
                 await self._roll("server_too_many_parts")
                 await self._announce(size)
                 continue
@@ -197,12 +207,11 @@ class ObjectWriter:
                 if exc.code == "InvalidArgument":
                     raise  # the offset was right, so the refusal was about something else
                 error: Exception = exc
-                reconcile_after_sleep = False
             except Exception as exc:
                 if not is_retriable(exc):
                     self.pending = None  # a definite refusal: nothing was written
                     raise
-                error, reconcile_after_sleep = exc, True
+                error, reconcile_first = exc, True
             else:
                 return self._accept(ack, size)
             delay = backoff.next_delay(trio.current_time())
@@ -211,7 +220,8 @@ class ObjectWriter:
                 raise error
             log.info("append_retry", bucket=self.bucket, key=self.key, offset=self.offset, delay=round(delay, 3), error=str(error))
             await trio.sleep(delay)
-            if reconcile_after_sleep and await self._reconcile(size) is Reconciled.LANDED:
+            # After no answer or a 5xx the body may have landed: look before sending it again.
+            if reconcile_first and await self._reconcile(size) is Reconciled.LANDED:
                 return self._length
 
     def _accept(self, ack: AppendAck, size: int) -> int:
@@ -257,7 +267,7 @@ class ObjectWriter:
     async def _roll(self, reason: str) -> None:
         """Move to ``next_key(index + 1)``, which must be absent or empty."""
         if self.next_key is None:
-            cls = ObjectTooLarge if reason == "max_bytes" else TooManyAppends if "appends" in reason or "parts" in reason else RollOverRequired
+            cls = _ROLL_ERRORS.get(reason, RollOverRequired)
             raise cls(f"object is full ({reason}) and no next_key was given", bucket=self.bucket, key=self.key)
         new_key = self.next_key(self.index + 1)
         state = await self._head(new_key)
@@ -278,7 +288,7 @@ class ObjectWriter:
         self.offset, self.appends, self.pending = length, 0, None
         self._started_at = trio.current_time()
 
-    async def _head(self, key: str):  # -> ObjectState | None
+    async def _head(self, key: str) -> ObjectState | None:
         if self._conflict is not None:
             raise self._conflict
         return await call_with_retry(lambda: self.client.head_object(self.bucket, key), self.retry, rand=self.rand, what="head")
@@ -292,22 +302,15 @@ class ObjectWriter:
         log.error("object_conflict", bucket=self.bucket, key=self.key, expected=expected, actual=actual, reason=message)
         return self._conflict
 
-    def _exclusive(self) -> _Exclusive:
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Refuse concurrent use (as trio's streams do) rather than interleave appends."""
         if self._conflict is not None:
             raise self._conflict
-        return _Exclusive(self)
-
-
-class _Exclusive:
-    """Refuse concurrent use (like trio's streams do) instead of interleaving appends."""
-
-    def __init__(self, writer: ObjectWriter) -> None:
-        self.writer = writer
-
-    def __enter__(self) -> None:
-        if self.writer._busy:
-            raise trio.BusyResourceError(f"{self.writer.bucket}/{self.writer.key}: another task is using this writer")
-        self.writer._busy = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.writer._busy = False
+        if self._busy:
+            raise trio.BusyResourceError(f"{self.bucket}/{self.key}: another task is using this writer")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False

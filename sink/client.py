@@ -1,7 +1,7 @@
 """S3 operations over an injected ``httpx.AsyncClient``.
 
 One method per operation the sink needs: HEAD, append (PUT with an offset),
-PUT, GET, create bucket, delete, CreateSession. Each builds its request with
+PUT, GET, create bucket, delete; ``send`` for anything else. Each builds its request with
 ``sink.protocol``, sends it through the client it was given (so tests inject
 a transport instead of patching anything), and turns the answer into a value
 or a ``sink.errors`` exception. httpx exceptions never leave this module.
@@ -104,7 +104,7 @@ class S3Client:
     async def head_object(self, bucket: str, key: str) -> ObjectState | None:
         """The object's size and ETag, or None if it does not exist."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
-        response = await self._send(protocol.Request("HEAD", url), bucket, key, missing_ok=True)
+        response = await self.send(protocol.Request("HEAD", url), bucket, key, missing_ok=True)
         if response.status_code == 404:
             return None
         size = protocol.header_int(response.headers, "content-length")
@@ -117,7 +117,7 @@ class S3Client:
         server refuses the offset, TooManyAppends on ``TooManyParts``."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
         request = protocol.append_request(url, offset, body, self.checksum if checksum else "none")
-        response = await self._send(request, bucket, key, appending=True)
+        response = await self.send(request, bucket, key, appending=True)
         reported = protocol.header_int(response.headers, protocol.OBJECT_SIZE_HEADER)
         new_size = reported if reported is not None else offset + len(body)
         return AppendAck(new_size, response.headers.get("etag"), reported)
@@ -125,20 +125,20 @@ class S3Client:
     async def put_object(self, bucket: str, key: str, body: bytes, *, checksum: bool = True) -> str | None:
         """Create or replace the object; returns its ETag."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
-        response = await self._send(protocol.put_request(url, body, self.checksum if checksum else "none"), bucket, key)
+        response = await self.send(protocol.put_request(url, body, self.checksum if checksum else "none"), bucket, key)
         return response.headers.get("etag")
 
     async def get_object(self, bucket: str, key: str, range: tuple[int, int | None] | None = None) -> bytes:
         """The whole object (or a byte range) in memory: for small objects and tests."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
-        response = await self._send(protocol.get_request(url, range), bucket, key)
+        response = await self.send(protocol.get_request(url, range), bucket, key)
         return response.content
 
     async def create_bucket(self, bucket: str, *, exist_ok: bool = True) -> None:
         """Create the bucket; with ``exist_ok`` a bucket we already own is fine."""
         url = protocol.bucket_url(self.endpoint, bucket, self.addressing)
         try:
-            await self._send(protocol.create_bucket_request(url, self.region), bucket, None)
+            await self.send(protocol.create_bucket_request(url, self.region), bucket, None)
         except RemoteError as exc:
             if not (exist_ok and exc.code == "BucketAlreadyOwnedByYou"):
                 raise
@@ -146,17 +146,7 @@ class S3Client:
     async def delete_object(self, bucket: str, key: str) -> None:
         """Delete the object (S3 answers 204 whether or not it existed)."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
-        await self._send(protocol.Request("DELETE", url), bucket, key)
-
-    async def create_session(self, bucket: str, mode: str | None = None) -> protocol.SessionGrant:
-        """S3 Express ``CreateSession``: temporary credentials for one bucket."""
-        url = protocol.bucket_url(self.endpoint, bucket, self.addressing, query="session")
-        headers = {"x-amz-create-session-mode": mode} if mode else {}
-        response = await self._send(protocol.Request("GET", url, headers), bucket, None)
-        try:
-            return protocol.parse_create_session(response.content, response.headers)
-        except ValueError as exc:
-            raise RemoteError(str(exc), code="BadResponse", status=response.status_code, bucket=bucket) from exc
+        await self.send(protocol.Request("DELETE", url), bucket, key)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -165,7 +155,7 @@ class S3Client:
             return self._auth.auth_for(bucket)
         return self._auth
 
-    async def _send(
+    async def send(
         self,
         req: protocol.Request,
         bucket: str,
@@ -174,7 +164,10 @@ class S3Client:
         appending: bool = False,
         missing_ok: bool = False,
     ) -> httpx.Response:
-        """Send one request; return a 2xx (or a wanted 404), raise the rest."""
+        """Send one request; return a 2xx (or a wanted 404), raise the rest.
+
+        Public for operations this class does not wrap (S3 Express
+        ``CreateSession`` in ``sink.session``)."""
         try:
             request = self._http.build_request(req.method, req.url, headers=req.headers, content=req.body)
         except httpx.InvalidURL as exc:

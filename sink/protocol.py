@@ -7,15 +7,12 @@ classification of an answer into what the caller should do next.
 
 Facts used (AWS S3 API reference): ``PutObject`` takes ``x-amz-write-offset-bytes``
 and answers ``x-amz-object-size`` after an append; its errors include
-``InvalidWriteOffset`` and ``TooManyParts``; ``CreateSession`` is
-``GET /{Bucket}?session`` answering ``CreateSessionResult/Credentials``.
-S3 Express does not accept ``Content-MD5``, so CRC32 is the default checksum.
+``InvalidWriteOffset`` and ``TooManyParts``. S3 Express does not accept ``Content-MD5``, so CRC32 is the default checksum.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import enum
 import hashlib
 import ipaddress
@@ -24,7 +21,6 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
@@ -203,7 +199,7 @@ _STATUS_CODES = {
 }
 
 
-def _strip_ns(tag: str) -> str:
+def strip_ns(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
@@ -213,7 +209,7 @@ def _xml_fields(body: bytes) -> dict[str, str]:
         root = ET.fromstring(body[:MAX_ERROR_BODY])
     except ET.ParseError:
         return {}
-    return {_strip_ns(child.tag): (child.text or "").strip() for child in root}
+    return {strip_ns(child.tag): (child.text or "").strip() for child in root}
 
 
 def parse_error(status: int, body: bytes, headers: Mapping[str, str]) -> ErrorInfo:
@@ -302,41 +298,3 @@ def header_int(headers: Mapping[str, str], name: str) -> int | None:
     if value is None or not (value.isascii() and value.isdigit()):
         return None
     return int(value)
-
-
-@dataclass(frozen=True)
-class SessionGrant:
-    """Temporary credentials from ``CreateSession`` (S3 Express)."""
-
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str = field(repr=False)
-    expiration: datetime
-    server_time: datetime | None = None  # the answer's Date header, to measure lifetime on the server's clock
-
-
-def _parse_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.strip())
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def parse_create_session(body: bytes, headers: Mapping[str, str]) -> SessionGrant:
-    """Read ``CreateSessionResult/Credentials``; ValueError if it is not there."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise ValueError(f"CreateSession answer is not XML: {exc}") from exc
-    creds = next((el for el in root.iter() if _strip_ns(el.tag) == "Credentials"), None)
-    if creds is None:
-        raise ValueError("CreateSession answer has no Credentials element")
-    f = {_strip_ns(c.tag): (c.text or "").strip() for c in creds}
-    missing = [k for k in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration") if not f.get(k)]
-    if missing:
-        raise ValueError(f"CreateSession answer lacks {', '.join(missing)}")
-    server_time = None
-    if date := headers.get("date"):
-        try:
-            server_time = email.utils.parsedate_to_datetime(date)
-        except (TypeError, ValueError):
-            server_time = None
-    return SessionGrant(f["AccessKeyId"], f["SecretAccessKey"], f["SessionToken"], _parse_time(f["Expiration"]), server_time)

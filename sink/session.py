@@ -21,7 +21,10 @@ A request answered ``ExpiredToken`` gets a fresh session and one more try.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator
+import email.utils
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import httpx
@@ -30,13 +33,66 @@ import trio
 
 from . import protocol
 from .client import S3Client
-from .protocol import SessionGrant
+from .errors import RemoteError
 
 log = structlog.get_logger()
 
 SESSION_TOKEN_HEADER = "x-amz-s3session-token"
 SIGNING_SERVICE = "s3express"
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """Temporary credentials from ``CreateSession``."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expiration: datetime
+    server_time: datetime | None = None  # the answer's Date header: lifetime on the server's clock
+
+
 SignerFactory = Callable[[SessionGrant], httpx.Auth]
+
+
+def parse_create_session(body: bytes, headers: Mapping[str, str]) -> SessionGrant:
+    """Read ``CreateSessionResult/Credentials``; ValueError if it is not there."""
+    try:
+        root = ET.fromstring(body[: protocol.MAX_ERROR_BODY])
+    except ET.ParseError as exc:
+        raise ValueError(f"CreateSession answer is not XML: {exc}") from exc
+    creds = next((el for el in root.iter() if protocol.strip_ns(el.tag) == "Credentials"), None)
+    if creds is None:
+        raise ValueError("CreateSession answer has no Credentials element")
+    f = {protocol.strip_ns(c.tag): (c.text or "").strip() for c in creds}
+    missing = [k for k in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration") if not f.get(k)]
+    if missing:
+        raise ValueError(f"CreateSession answer lacks {', '.join(missing)}")
+    expiration = datetime.fromisoformat(f["Expiration"])
+    server_time = None
+    if date := headers.get("date"):
+        try:
+            server_time = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            server_time = None
+    return SessionGrant(
+        f["AccessKeyId"],
+        f["SecretAccessKey"],
+        f["SessionToken"],
+        expiration if expiration.tzinfo else expiration.replace(tzinfo=timezone.utc),
+        server_time,
+    )
+
+
+async def create_session(client: S3Client, bucket: str, mode: str | None = None) -> SessionGrant:
+    """``GET /{bucket}?session`` through ``client`` (signed with IAM credentials)."""
+    url = protocol.bucket_url(client.endpoint, bucket, client.addressing, query="session")
+    headers = {"x-amz-create-session-mode": mode} if mode else {}
+    response = await client.send(protocol.Request("GET", url, headers), bucket, None)
+    try:
+        return parse_create_session(response.content, response.headers)
+    except ValueError as exc:
+        raise RemoteError(str(exc), code="BadResponse", status=response.status_code, bucket=bucket) from exc
 
 
 def sigv4_session_signer(region: str) -> SignerFactory:
@@ -105,7 +161,7 @@ class S3ExpressSessions:
             if cached is not None and trio.current_time() < cached[1]:
                 return cached[0]
             asked_at = trio.current_time()
-            grant = await self._client.create_session(bucket, self.mode)
+            grant = await create_session(self._client, bucket, self.mode)
             lifetime = (grant.expiration - (grant.server_time or self._wall_clock())).total_seconds()
             # Short sessions (shorter than the margin) still get half their life.
             usable = lifetime - self.refresh_margin if lifetime > 2 * self.refresh_margin else lifetime / 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from datetime import datetime, timezone
 from urllib.parse import unquote
 
 import httpx
@@ -153,19 +152,3 @@ def test_classify(status: int, code: str | None, appending: bool, outcome: Outco
 def test_header_int_is_strict() -> None:
     headers = {"a": "12", "b": " 12", "c": "+1", "d": "١٢", "e": ""}
     assert [protocol.header_int(headers, k) for k in "abcdef"] == [12, None, None, None, None, None]
-
-
-def test_parse_create_session() -> None:
-    body = (
-        b'<CreateSessionResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Credentials>'
-        b"<SessionToken>TOKEN</SessionToken><SecretAccessKey>SECRET</SecretAccessKey>"
-        b"<AccessKeyId>AKID</AccessKeyId><Expiration>2026-01-02T03:09:05Z</Expiration>"
-        b"</Credentials></CreateSessionResult>"
-    )
-    grant = protocol.parse_create_session(body, {"date": "Fri, 02 Jan 2026 03:04:05 GMT"})
-    assert (grant.access_key_id, grant.secret_access_key, grant.session_token) == ("AKID", "SECRET", "TOKEN")
-    assert grant.expiration == datetime(2026, 1, 2, 3, 9, 5, tzinfo=timezone.utc)
-    assert (grant.expiration - grant.server_time).total_seconds() == 300  # type: ignore[operator]
-    assert "SECRET" not in repr(grant) and "TOKEN" not in repr(grant)
-    with pytest.raises(ValueError, match="SessionToken"):
-        protocol.parse_create_session(body.replace(b"<SessionToken>TOKEN</SessionToken>", b""), {})

@@ -95,6 +95,15 @@ async def test_roll_through_faults_keeps_an_exact_copy(autojump_clock: trio.test
     assert len(stored) > 5 and all(len(v) <= 200 for v in stored.values())
 
 
+async def test_a_fresh_object_refusing_appends_stops_the_rolling(autojump_clock: trio.testing.MockClock) -> None:
+    fake, writer = setup(FakeS3(max_appends=1))
+    fake.foreign_append(BUCKET, "app.0001.log", b"")  # exists, empty, but already at the server's limit
+    await writer.append(b"a")
+    with pytest.raises(TooManyAppends):
+        await writer.append(b"b")
+    assert writer.key == "app.0001.log" and fake.count("append") == 3
+
+
 async def test_roll_target_with_data_is_a_conflict(autojump_clock: trio.testing.MockClock) -> None:
     fake, writer = setup(roll=RollOverPolicy(max_appends=1))
     fake.foreign_append(BUCKET, "app.0001.log", b"someone else")

@@ -11,7 +11,7 @@ import trio.testing
 
 from sink.client import S3Client
 from sink.errors import AuthError
-from sink.session import S3ExpressSessions, sigv4_session_signer
+from sink.session import S3ExpressSessions, parse_create_session, sigv4_session_signer
 from sink.sigv4 import SigV4Auth
 from sink.testing import FakeS3
 
@@ -101,3 +101,19 @@ async def test_a_refused_session_is_an_auth_error(autojump_clock: trio.testing.M
         await other.append("other--usw2-az1--x-s3", "k", 0, b"x")
     assert fake.count("create_session") == 1 and fake.count("append") == 1
     assert "created=1" in repr(sessions)
+
+
+def test_parse_create_session() -> None:
+    body = (
+        b'<CreateSessionResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Credentials>'
+        b"<SessionToken>TOKEN</SessionToken><SecretAccessKey>SECRET</SecretAccessKey>"
+        b"<AccessKeyId>AKID</AccessKeyId><Expiration>2026-01-02T03:09:05Z</Expiration>"
+        b"</Credentials></CreateSessionResult>"
+    )
+    grant = parse_create_session(body, {"date": "Fri, 02 Jan 2026 03:04:05 GMT"})
+    assert (grant.access_key_id, grant.secret_access_key, grant.session_token) == ("AKID", "SECRET", "TOKEN")
+    assert grant.expiration == datetime(2026, 1, 2, 3, 9, 5, tzinfo=timezone.utc)
+    assert (grant.expiration - grant.server_time).total_seconds() == 300  # type: ignore[operator]
+    assert "SECRET" not in repr(grant) and "TOKEN" not in repr(grant)
+    with pytest.raises(ValueError, match="SessionToken"):
+        parse_create_session(body.replace(b"<SessionToken>TOKEN</SessionToken>", b""), {})
