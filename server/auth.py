@@ -344,15 +344,16 @@ class _Policy:
             raise AccessDenied(
                 "Request has expired", **{"X-Amz-Expires": expires, "Expires": _iso(signed_at + int(expires)), "ServerTime": _iso(self.now)}
             )
+        payload = params.get("X-Amz-Content-Sha256") or self.header("x-amz-content-sha256") or sigv4.UNSIGNED_PAYLOAD
+        mode = _payload_mode(payload)
         token = params.get(SESSION_TOKEN_QUERY) or self.header(SESSION_TOKEN_HEADER)
         secret = self.secret_for(auth.access_key_id, token)
         self.check_all_signed(auth.signed_headers)
-        payload = params.get("X-Amz-Content-Sha256") or self.header("x-amz-content-sha256") or sigv4.UNSIGNED_PAYLOAD
         key = check_signature(
             method, path, query, headers, auth, secret,
             amz_date=amz_date, payload_hash=payload, exclude_query=("X-Amz-Signature",),
         )  # fmt: skip
-        return _result(auth, _payload_mode(payload), key, amz_date)
+        return _result(auth, mode, key, amz_date)
 
     def implied_payload(self) -> str:
         """No x-amz-content-sha256: an empty body's hash is known now; any other is pending."""
