@@ -188,7 +188,7 @@ class ErrorInfo:
 _STATUS_CODES = {
     301: "PermanentRedirect",
     400: "BadRequest",
-    403: "AccessDenied",
+    403: "Forbidden",  # a bodiless 403 (HEAD) cannot say whether keys, signature or permissions
     404: "NotFound",
     405: "MethodNotAllowed",
     409: "Conflict",

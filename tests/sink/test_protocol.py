@@ -119,7 +119,8 @@ def test_parse_error_body_with_namespace() -> None:
 
 def test_parse_error_without_a_body_uses_status_and_header() -> None:
     info = protocol.parse_error(403, b"", {"x-amz-request-id": "RID2"})
-    assert (info.code, info.request_id) == ("AccessDenied", "RID2")
+    assert (info.code, info.request_id) == ("Forbidden", "RID2")
+    assert protocol.classify(info.status, info.code) is Outcome.AUTH
     assert protocol.parse_error(502, b"<html>bad gateway", {}).code == "HTTP502"
 
 
