@@ -139,6 +139,10 @@ class ObjectWriter:
 
     async def open(self) -> int:
         """HEAD the object and take its length as the next offset."""
+        with self._exclusive():
+            return await self._open()
+
+    async def _open(self) -> int:
         state = await self._head(self.key)
         self._start_object(0 if state is None else state.size)
         log.info("object_opened", bucket=self.bucket, key=self.key, length=self.offset)
@@ -149,7 +153,7 @@ class ObjectWriter:
         with self._exclusive():
             body = self.codec.encode(data)
             if self.offset is None:
-                await self.open()
+                await self._open()
             if self.pending is not None:
                 if len(body) != self.pending:
                     raise AppendPending(
