@@ -99,6 +99,8 @@ class S3App:
         else:
             table = {
                 "PUT": (objects.put_object, "PutObject"),
+                # Not an S3 operation: `curl --data-binary` POSTs, and the append guide's curl commands must work.
+                "POST": (objects.put_object, "PutObject"),
                 "GET": (objects.get_object, "GetObject"),
                 "HEAD": (self._head_object, "HeadObject"),
                 "DELETE": (objects.delete_object, "DeleteObject"),
@@ -125,7 +127,8 @@ class S3App:
                 bucket, key = self.address(request)
                 query = parse_query(request.query)
                 auth = authenticate(
-                    request.method, request.path, request.query, request.headers, self.keys, now=time.time()
+                    request.method, request.path, request.query, request.headers, self.keys,
+                    now=time.time(), region=self.config.region,
                 )
                 handler, operation = self.route(request.method, bucket, key, query)
                 ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)

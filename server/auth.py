@@ -35,6 +35,7 @@ import structlog
 
 from server.errors import (
     AccessDenied,
+    AuthorizationQueryParametersError,
     AuthorizationHeaderMalformed,
     InvalidAccessKeyId,
     InvalidArgument,
@@ -61,13 +62,6 @@ QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "
 _AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
-
-class AuthorizationQueryParametersError(S3Error):
-    """A presigned URL's X-Amz-* parameters are missing or malformed.  (Belongs in server/errors.py.)"""
-
-    code = "AuthorizationQueryParametersError"
-    status = 400
-    default_message = "Error parsing the X-Amz-Credential parameter."
 
 
 class Keyring(Protocol):

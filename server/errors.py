@@ -48,6 +48,9 @@ MalformedXML = _error("MalformedXML", 400, "The XML you provided was not well-fo
 TooManyParts = _error("TooManyParts", 400, "The object has reached the maximum number of appends.")
 RequestTimeout = _error("RequestTimeout", 400, "Your socket connection to the server was not read from or written to within the timeout period.")
 AuthorizationHeaderMalformed = _error("AuthorizationHeaderMalformed", 400, "The authorization header is malformed.")
+AuthorizationQueryParametersError = _error(
+    "AuthorizationQueryParametersError", 400, "Error parsing the X-Amz-Credential parameter."
+)
 InvalidPart = _error("InvalidPart", 400, "One or more of the specified parts could not be found.")
 InvalidPartOrder = _error("InvalidPartOrder", 400, "The list of parts was not in ascending order.")
 XAmzContentSHA256Mismatch = _error(

@@ -60,7 +60,7 @@ async def put_object(ctx: Context) -> Response:
         raise NotImplemented_("Server-side encryption with customer keys (SSE-C) is not supported.")
     metadata = {name[len(META_PREFIX):]: value for name, value in request.headers if name.startswith(META_PREFIX)}
     system = {**sse, **{name: value for name, value in request.headers if name.startswith("x-rustfs-meta-")}}
-    payload = Payload(request, ctx.auth.payload, ctx.auth.chunk_verifier, max_body=ctx.config.max_body)
+    payload = Payload(request, ctx.auth, max_body=ctx.config.max_body)
 
     def check_existing(existing: ObjectInfo | None) -> None:
         if offset is None or existing is None:

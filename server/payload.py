@@ -17,6 +17,7 @@ import hashlib
 from typing import AsyncIterator
 
 from server import checksums
+from server.auth import AuthResult
 from server.chunked import ChunkedDecoder
 from server.errors import (
     BadDigest,
@@ -38,9 +39,11 @@ READ_SIZE = 256 * 1024
 class Payload:
     """The decoded body of one request; ``length`` is its declared decoded size."""
 
-    def __init__(self, request: Request, payload_mode: str, chunk_verifier: object | None, *, max_body: int) -> None:
+    def __init__(self, request: Request, auth: AuthResult, *, max_body: int) -> None:
+        payload_mode, chunk_verifier = auth.payload, auth.chunk_verifier
         self._request = request
         self._mode = payload_mode
+        self._body_signature = auth.body_signature
         self._streaming = payload_mode in STREAMING_MODES
         self.length = self._declared_length(request)
         if self.length > max_body:
@@ -63,6 +66,7 @@ class Payload:
         algorithms = set(self.expected) | ({self._trailer_algorithm} if self._trailer_algorithm else set())
         self._hashers = {a: checksums.FACTORIES[a]() for a in algorithms if a != "crc32"}
         self.trailers: dict[str, str] = {}
+        self.verified: dict[str, bytes] = {}
 
     @staticmethod
     def _declared_length(request: Request) -> int:
@@ -87,7 +91,9 @@ class Payload:
                 yield piece
         if self._decoder is not None:
             self.trailers = dict(self._decoder.finish())
-        if self._sha256 is not None and self._sha256.hexdigest() != self._mode:
+        if self._body_signature is not None:  # curl < 8 signs the body's hash without sending it
+            self._body_signature.verify(self._sha256.hexdigest())
+        elif self._sha256 is not None and self._sha256.hexdigest() != self._mode:
             raise XAmzContentSHA256Mismatch(
                 ClientComputedContentSHA256=self._mode, S3ComputedContentSHA256=self._sha256.hexdigest()
             )
@@ -110,7 +116,7 @@ class Payload:
 
     def response_headers(self) -> list[tuple[str, str]]:
         """The checksums the client sent, echoed as S3 does on a successful PUT."""
-        return [(checksums.header_name(a), checksums.encode(d)) for a, d in getattr(self, "verified", {}).items()]
+        return [(checksums.header_name(a), checksums.encode(d)) for a, d in self.verified.items()]
 
 
 def _algorithm_of(header: str) -> str:

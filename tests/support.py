@@ -51,6 +51,7 @@ class ServerProcess:
     url: str = ""
     port: int = 0
     events: list[dict] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     def start(self, port: int = 0) -> "ServerProcess":
         env = {**os.environ, "TAILBUCKET_ACCESS_KEY": ACCESS_KEY, "TAILBUCKET_SECRET_KEY": SECRET_KEY, **self.env}
@@ -60,7 +61,8 @@ class ServerProcess:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.events = []
         listening = threading.Event()
-        threading.Thread(target=self._read_logs, args=(self.proc, listening), daemon=True).start()
+        self._reader = threading.Thread(target=self._read_logs, args=(self.proc, listening), daemon=True)
+        self._reader.start()
         if not listening.wait(START_TIMEOUT) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError(f"server did not start: {self.events[-5:]}")
@@ -84,6 +86,14 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._close_logs()
+
+    def _close_logs(self) -> None:
+        """The log reader ends at EOF once the process is gone; then its pipe is closed."""
+        if self._reader is not None:
+            self._reader.join(10)
+            self.proc.stderr.close()
+            self._reader = None
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then wait for a clean exit."""
@@ -96,6 +106,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._close_logs()
         return self.proc.returncode
 
     def restart(self) -> "ServerProcess":
