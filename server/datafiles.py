@@ -11,10 +11,12 @@ it.  Everything here blocks: call it from worker threads.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -27,9 +29,10 @@ _HEX = frozenset("0123456789abcdef")
 class DataFiles:
     """The ``objects`` directory under the data dir."""
 
-    def __init__(self, root: Path, *, durable: bool) -> None:
+    def __init__(self, root: Path, *, durable: bool, use_syncfs: bool = True) -> None:
         self.root = root
         self.durable = durable
+        self.use_syncfs = use_syncfs
 
     def __repr__(self) -> str:
         return f"DataFiles(root={str(self.root)!r}, durable={self.durable})"
@@ -70,6 +73,30 @@ class DataFiles:
             os.fsync(fd)
         else:
             os.fdatasync(fd)
+
+    def sync_writes(self, writes: list[PendingWrite]) -> None:
+        """Make these writes durable before the index commits them.
+
+        Several files: one syncfs(2) flushes the whole filesystem (data, inodes,
+        new directory entries) -- one device flush instead of one per file, the
+        difference between ~1 and ~8 ms per group on a busy virtual disk.  Since
+        Linux 5.8 syncfs reports writeback errors like fsync does.  It also
+        flushes other writers' dirty data on the same filesystem: give the data
+        dir its own filesystem if that matters.  One file: fdatasync (+ fsync of
+        a new file's directory).
+        """
+        if not self.durable or not writes:
+            return
+        if len(writes) > 1 and self.use_syncfs and _syncfs is not None:
+            fd = writes[0].fd
+            assert fd is not None
+            _syncfs(fd)
+            return
+        for write in writes:
+            assert write.fd is not None
+            self.sync(write.fd, fresh=write.fresh)
+            if write.fresh:
+                self.sync_dir_of(write.file_id)
 
     def sync_dir_of(self, file_id: str) -> None:
         if self.durable:
@@ -141,14 +168,11 @@ class PendingWrite:
         write_at(self.fd, data, self.base + self.written)
         self.written += len(data)
 
-    def finish(self, tail: bytes) -> None:
-        """Write the last bytes and make all of them durable (before the index commit)."""
+    def finish_writing(self, tail: bytes) -> None:
+        """Write the last bytes (creating a fresh file even for an empty body);
+        ``DataFiles.sync_writes`` then makes them durable."""
         if tail or self.fd is None:
             self.write(tail)
-        assert self.fd is not None
-        self.files.sync(self.fd, fresh=self.fresh)
-        if self.fresh:
-            self.files.sync_dir_of(self.file_id)
 
     def discard(self) -> None:
         """Undo: nothing of this write may remain visible or take space."""
@@ -161,6 +185,28 @@ class PendingWrite:
             os.ftruncate(self.fd, self.base)
         self.written = 0
         self.touched = False
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """syncfs(2) through libc (ctypes releases the GIL during the call), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if function(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}")
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 def _sync_dir(path: Path) -> None:

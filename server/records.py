@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -124,11 +124,15 @@ def appended_info(current: ObjectInfo, digest: BodyDigest, body_crc32_running: i
     CRC32 extended over the body.
     """
     appends = current.appends + 1
-    return replace(
-        current,
+    return ObjectInfo(  # not dataclasses.replace: this is on every append's path, and 5x cheaper
+        bucket=current.bucket,
+        key=current.key,
         size=current.size + digest.size,
         etag=append_etag(current.etag, digest.md5, appends),
         last_modified=now,
+        content_type=current.content_type,
+        metadata=current.metadata,
+        system=current.system,
         crc32=body_crc32_running,
         appends=appends,
     )

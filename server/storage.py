@@ -131,7 +131,7 @@ class Storage:
         self.data_dir = data_dir
         self._files = files
         self._conn = conn
-        self._committer = GroupCommitter(conn)
+        self._committer = GroupCommitter(conn, files)
         self._buckets = buckets
         self._lock_fd = lock_fd
         self._max_body_size = max_body_size
@@ -190,7 +190,6 @@ class Storage:
         self._slots.clear()
 
         def close() -> None:
-            self._committer.close()
             with self._readers_lock:
                 for conn in self._readers:
                     conn.close()
@@ -324,13 +323,7 @@ class Storage:
         if hasher.size == 0:
             return current  # an empty append is a no-op: same ETag, same last_modified
         info = appended_info(current, hasher.digest(), hasher.object_crc32, time.time())
-        await self._committer.run(
-            CommitJob(
-                apply=lambda conn: index.update_appended(conn, info, row.file_id),
-                prepare=lambda: pending.finish(tail),
-                undo=pending.discard,
-            )
-        )
+        await self._commit_write(pending, tail, lambda conn: index.update_appended(conn, info, row.file_id))
         slot.row = IndexedObject(info, row.file_id)
         return info
 
@@ -344,18 +337,24 @@ class Storage:
         tail = await self._receive(body, hasher, pending, check_body)
         info = created_info(bucket, key, hasher.digest(), new, time.time())
         old = slot.row
-        await self._committer.run(
-            CommitJob(
-                apply=lambda conn: index.put_object(conn, info, file_id),
-                prepare=lambda: pending.finish(tail),
-                undo=pending.discard,
-                after=None if old is None else lambda _: self._files.unlink(old.file_id),
-            )
+        await self._commit_write(
+            pending,
+            tail,
+            lambda conn: index.put_object(conn, info, file_id),
+            after=None if old is None else lambda _: self._files.unlink(old.file_id),
         )
         if slot.fd is not None:
             os.close(slot.fd)
         slot.row, slot.fd = IndexedObject(info, file_id), pending.fd
         return info
+
+    async def _commit_write(
+        self, pending: PendingWrite, tail: bytes, apply: Callable[[sqlite3.Connection], None],
+        after: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Write the body's last bytes, make them durable, commit ``apply`` -- all in
+        the group commit's one hop (``server.committer``)."""
+        await self._committer.run(CommitJob(apply=apply, pending=pending, tail=tail, after=after))
 
     async def _receive(
         self, body: AsyncIterable[bytes], hasher: BodyHasher, pending: PendingWrite,
@@ -413,32 +412,9 @@ class Storage:
         if file_id is not None:
             self._files.unlink(file_id)
 
-    @asynccontextmanager
-    async def _writing(self, bucket: str, key: str, *, load: bool = True) -> AsyncIterator[_Slot]:
-        """Hold the object's lock, with its committed state loaded."""
-        name = (bucket, key)
-        slot = self._slots.get(name)
-        if slot is None:
-            slot = self._slots[name] = _Slot()
-        else:
-            self._slots.move_to_end(name)
-        slot.users += 1
-        try:
-            async with slot.lock:
-                try:
-                    if load and not slot.loaded:
-                        slot.row, slot.fd = await trio.to_thread.run_sync(self._load, bucket, key)
-                        slot.loaded = True
-                    yield slot
-                except S3Error:
-                    raise  # a refusal: the committed state is unchanged and still known
-                except BaseException:
-                    slot.forget()  # unknown outcome: reload from the index next time
-                    raise
-        finally:
-            slot.users -= 1
-            if len(self._slots) > self._open_files:
-                self._evict_idle()
+    def _writing(self, bucket: str, key: str, *, load: bool = True) -> _Held:
+        """``async with``: hold the object's lock, with its committed state loaded."""
+        return _Held(self, (bucket, key), load)
 
     def _load(self, bucket: str, key: str) -> tuple[IndexedObject | None, int | None]:
         row = index.get_object(self._reader_conn(), bucket, key)
@@ -451,6 +427,55 @@ class Storage:
             if slot.users == 0:
                 del self._slots[name]
                 slot.forget()
+
+
+class _Held:
+    """The async context manager of ``Storage._writing`` (a class: it is on every write's path)."""
+
+    __slots__ = ("_storage", "_name", "_load", "_slot")
+
+    def __init__(self, storage: Storage, name: tuple[str, str], load: bool) -> None:
+        self._storage, self._name, self._load = storage, name, load
+
+    async def __aenter__(self) -> _Slot:
+        slots = self._storage._slots
+        slot = slots.get(self._name)
+        if slot is None:
+            slot = slots[self._name] = _Slot()
+        else:
+            slots.move_to_end(self._name)
+        slot.users += 1
+        self._slot = slot
+        try:
+            try:
+                slot.lock.acquire_nowait()  # the common case costs no trip through the scheduler
+            except trio.WouldBlock:
+                await slot.lock.acquire()
+            try:
+                if self._load and not slot.loaded:
+                    slot.row, slot.fd = await trio.to_thread.run_sync(self._storage._load, *self._name)
+                    slot.loaded = True
+            except BaseException:
+                slot.forget()
+                slot.lock.release()
+                raise
+        except BaseException:
+            self._release()
+            raise
+        return slot
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and not isinstance(exc, S3Error):
+            self._slot.forget()  # unknown outcome: reload from the index next time
+        # (an S3Error is a refusal: the committed state is unchanged and still known)
+        self._slot.lock.release()
+        self._release()
+
+    def _release(self) -> None:
+        self._slot.users -= 1
+        storage = self._storage
+        if len(storage._slots) > storage._open_files:
+            storage._evict_idle()
 
 
 def _hash_and_write(hasher: BodyHasher, pending: PendingWrite, data: bytes) -> None:
