@@ -26,8 +26,10 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 WINDOW = 256
+COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".lz4", ".zip")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Probe:
     size: int
     nlink: int  # 0: the file was deleted while we hold it open
     head: bytes  # its first min(size, WINDOW) bytes
+    mtime_ns: int = 0
 
     @property
     def identity(self) -> FileIdentity:
@@ -97,7 +100,7 @@ def probe_fd(fd: int) -> Probe:
     """fstat + the first bytes of an open file."""
     st = os.fstat(fd)
     head = os.pread(fd, WINDOW, 0) if st.st_size else b""
-    return Probe(st.st_dev, st.st_ino, st.st_size, st.st_nlink, head)
+    return Probe(st.st_dev, st.st_ino, st.st_size, st.st_nlink, head, st.st_mtime_ns)
 
 
 def open_regular(path: str) -> tuple[int, Probe]:
@@ -140,3 +143,37 @@ def find_in_directory(directory: str, known: FileIdentity) -> str | None:
         if probe is not None and matches(known, probe.dev, probe.ino, probe.head):
             return entry.path
     return None
+
+
+def find_successor(path: str, left: Probe) -> str | None:
+    """The file to read after ``left`` stopped being ``path``'s file (blocking).
+
+    Normally that is the new file at ``path``.  But when the file rotated more
+    than once while we were not reading (server down: the log file is the
+    buffer), the files in between are rotated siblings (``app.log.1``,
+    ``app.log-20240101``, ``app.1.log``): the oldest one written after ``left``
+    comes first.  Compressed siblings are copies, never read.
+    """
+    directory, base = os.path.split(path)
+    stem = PurePosixPath(base).stem
+    prefixes = tuple({base + sep for sep in ".-_"} | ({stem + "."} if stem != base else set()))
+    best: tuple[int, int, str] | None = None
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        entries = []
+    for entry in entries:
+        name = entry.name
+        if name == base or not name.startswith(prefixes) or name.endswith(COMPRESSED):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == (left.dev, left.ino):
+            continue
+        if st.st_mtime_ns > left.mtime_ns and (best is None or (st.st_mtime_ns, st.st_ino) < best[:2]):
+            best = (st.st_mtime_ns, st.st_ino, entry.path)
+    if best is not None:
+        return best[2]
+    return path if os.path.lexists(path) else None

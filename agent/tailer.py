@@ -8,8 +8,10 @@ a bare read).  What follows the last newline is held until its newline comes or
 
 * rotation (the path now names another file, or the file was deleted): keep
   reading the old file until it has been quiet for ``rotation_grace`` (a writer
-  may not have reopened yet), then switch to the new file from byte 0 in the
-  same stream, so order is kept; no new file: the stream ends;
+  may not have reopened yet), then go on from byte 0 of the next file in the
+  same stream, so order is kept: the new file at the path, or first any
+  rotated sibling written in between (``fingerprint.find_successor``: the file
+  rotated more than once while reading was stalled); none: the stream ends;
 * truncation (copytruncate: size below our offset, or the first bytes changed):
   continue from byte 0 of the same file, in a new generation;
 * renamed away with no successor yet: keep reading the old file.
@@ -25,12 +27,22 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import structlog
 import trio
 
 from agent.batcher import Chunk
-from agent.fingerprint import FileIdentity, Probe, find_in_directory, grown, matches, open_regular, probe_fd
+from agent.fingerprint import (
+    FileIdentity,
+    Probe,
+    find_in_directory,
+    find_successor,
+    grown,
+    matches,
+    open_regular,
+    probe_fd,
+)
 
 _generations = itertools.count(1)
 
@@ -125,6 +137,7 @@ class Tailer:
         chunk_size: int,
         partial_line_timeout: float,
         rotation_grace: float | None = None,
+        run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     ) -> None:
         self.stream = stream
         self.path = path
@@ -144,6 +157,9 @@ class Tailer:
         self._partial_since = math.inf
         self._leaving_quiet_at: float | None = None  # set while draining a rotated-away file
         self._poked = trio.Event()
+        # Blocking file calls go through here: a worker thread, or (in tests
+        # that need exact virtual time) an inline call.
+        self._run_sync = run_sync
         self._log = structlog.get_logger().bind(stream=stream, path=path)
 
     @property
@@ -185,7 +201,7 @@ class Tailer:
         while True:
             got = await self._read_to_eof()
             assert self._fd is not None and self._identity is not None
-            probe, at_path = await trio.to_thread.run_sync(_look, self._fd, self.path)
+            probe, at_path = await self._run_sync(_look, self._fd, self.path)
             now = trio.current_time()
             if probe.size < self.offset or not matches(self._identity, probe.dev, probe.ino, probe.head):
                 self._log.warning("file_truncated", size=probe.size, offset=self.offset)
@@ -199,7 +215,9 @@ class Tailer:
             elif self._leaving_quiet_at is None or got:
                 self._leaving_quiet_at = now + self._grace  # rotated or deleted: drain until quiet
             if self._leaving_quiet_at is not None and now >= self._leaving_quiet_at:
-                if not await self._switch(at_path is not None):
+                if await self._read_to_eof():  # what came in since the look above
+                    probe, _ = await self._run_sync(_look, self._fd, self.path)
+                if not await self._switch(probe):
                     return True
                 continue
             if self._held and now >= self._partial_since + self._partial_timeout:
@@ -223,7 +241,7 @@ class Tailer:
                 continue
             granted = await self._budget.acquire(space)
             view = self._view[self._held : self._held + granted]
-            read = await trio.to_thread.run_sync(_pread_into, self._fd, view, self.offset)
+            read = await self._run_sync(_pread_into, self._fd, view, self.offset)
             self._budget.release(granted - read)
             self._charged += read
             if read:
@@ -263,7 +281,7 @@ class Tailer:
     async def _open_first(self) -> bool:
         start = self._start
         try:
-            fd, probe = await trio.to_thread.run_sync(open_regular, self.path)
+            fd, probe = await self._run_sync(open_regular, self.path)
         except OSError as exc:
             self._log.warning("tailer_open_failed", error=str(exc))
             return False
@@ -280,13 +298,13 @@ class Tailer:
             return True
         # The checkpointed file was rotated while we were stopped: finish it first.
         directory = os.path.dirname(self.path)
-        sibling = await trio.to_thread.run_sync(find_in_directory, directory, start.identity)
+        sibling = await self._run_sync(find_in_directory, directory, start.identity)
         if sibling is None:
             self._log.warning("checkpoint_file_not_found", identity=str(start.identity), offset=start.offset)
             self._begin(probe, 0)
             return True
         try:
-            old_fd, old_probe = await trio.to_thread.run_sync(open_regular, sibling)
+            old_fd, old_probe = await self._run_sync(open_regular, sibling)
         except OSError:
             self._begin(probe, 0)
             return True
@@ -305,21 +323,21 @@ class Tailer:
         self._partial_since = math.inf
         self._leaving_quiet_at = None
 
-    async def _switch(self, successor: bool) -> bool:
-        """Leave the drained file for the path's new one; False when there is none."""
+    async def _switch(self, left: Probe) -> bool:
+        """Leave the drained file for the next one; False when there is none."""
         await self._flush_partial()
         old = self._identity
         self._close()
-        if successor:
+        following = await self._run_sync(find_successor, self.path, left)
+        for candidate in dict.fromkeys([following, self.path] if following else []):
             try:
-                fd, probe = await trio.to_thread.run_sync(open_regular, self.path)
+                fd, probe = await self._run_sync(open_regular, candidate)
             except OSError:
-                successor = False
-            else:
-                self._fd = fd
-                self._log.info("file_rotated", old=str(old), new=str(probe.identity), old_end=self._base)
-                self._begin(probe, 0)
-                return True
+                continue  # gone meanwhile: fall back to the path itself
+            self._fd = fd
+            self._log.info("file_rotated", old=str(old), new=str(probe.identity), old_end=self._base, next_path=candidate)
+            self._begin(probe, 0)
+            return True
         self._log.info("file_deleted", identity=str(old), end=self._base)
         return False
 

@@ -12,9 +12,15 @@ idle keep-alive connections and gives requests in flight a deadline.
 
 from __future__ import annotations
 
+import email.utils
 import errno
+import random
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus  # the standard library's, not this module
+
+import h11
 
 import structlog
 import trio
@@ -138,6 +144,67 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class ShutdownSignal:
+    """Shared by a server and its connections: set once; wakes idle connections."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.idle_scopes: set[trio.CancelScope] = set()
+
+    def trigger(self) -> None:
+        self.requested = True
+        for scope in self.idle_scopes:
+            scope.cancel()
+
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_date_cache: list = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+def new_request_id() -> str:
+    """16 upper-case hex characters, as S3 request ids look."""
+    return "%016X" % random.getrandbits(64)
+
+
+def plain_response(status: int, text: str) -> Response:
+    return Response(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
+
+
+def response_head(response: Response, *, close: bool) -> h11.Response:
+    """The h11 head for ``response``: adds Date, Server, and the Content-Length of a bytes body."""
+    status = response.status
+    headers = []
+    seen_date = seen_server = seen_length = False
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname == "date":
+            seen_date = True
+        elif lname == "server":
+            seen_server = True
+        elif lname == "content-length":
+            seen_length = True
+        headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
+    if not seen_date:
+        headers.append((b"date", http_date()))
+    if not seen_server:
+        headers.append((b"server", b"tailbucket"))
+    if not seen_length and isinstance(response.body, (bytes, bytearray, memoryview)) \
+            and status not in (204, 304) and status >= 200:
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+
 # accept() errors that mean "out of resources right now": back off and retry,
 # as trio.serve_listeners does, rather than crash the server.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -153,10 +220,9 @@ class HTTPServer:
     """
 
     def __init__(self, handler: Handler, config: HTTPConfig = HTTPConfig()) -> None:
-        from server.http_connection import HTTPConnection, ShutdownSignal  # deferred: that module imports this one
+        from server.http_connection import HTTPConnection  # deferred: that module imports this one
 
         self._connection_class = HTTPConnection
-
         self.handler = handler
         self.config = config
         self._signal = ShutdownSignal()

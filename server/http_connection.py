@@ -2,7 +2,10 @@
 
 One task per connection, one request at a time: pipelined requests wait in
 h11's buffer (h11 returns PAUSED until ``start_next_cycle``).  Every wait is
-bounded by a trio deadline from ``HTTPConfig``; nothing here sleeps.  Like
+bounded by a trio deadline from ``HTTPConfig``; nothing here sleeps.  The
+waits that end the connection when they expire (idle, request head, send)
+share one cancel scope whose deadline is moved, which is cheaper per request
+than a new scope each; body reads get their own so the handler can answer.  Like
 hypercorn's h11 protocol, a connection that cannot be reused is closed, and
 one whose client may still be sending is closed *lingering* (write side shut,
 input discarded for a bounded time) so the response is not lost to a reset.
@@ -10,62 +13,24 @@ input discarded for a bounded time) so the response is not lost to a reset.
 
 from __future__ import annotations
 
-import email.utils
-import random
-import time
+import math
+import os
 from collections.abc import AsyncIterable
-from http import HTTPStatus  # the standard library's, not server.http
 
 import h11
 import structlog
 import trio
 
 from server import errors
-from server.http import RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response
+from server.http import (
+    RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response, ShutdownSignal,
+    new_request_id, plain_response, response_head,
+)
 
 log = structlog.get_logger()
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_date_cache: list = [0, b""]
-
-
-def http_date() -> bytes:
-    """The Date header value, formatted at most once a second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
-    return _date_cache[1]
-
-
-def new_request_id() -> str:
-    """16 upper-case hex characters, as S3 request ids look."""
-    return "%016X" % random.getrandbits(64)
-
-
-def plain_response(status: int, text: str) -> Response:
-    return Response(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
-
-
-class ShutdownSignal:
-    """Shared by a server and its connections: set once; wakes idle connections."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.idle_scopes: set[trio.CancelScope] = set()
-
-    def trigger(self) -> None:
-        self.requested = True
-        for scope in self.idle_scopes:
-            scope.cancel()
-
-
 class ConnectionLost(Exception):
     """The socket broke, or the client stopped reading: nothing more can be sent."""
-
-
-class _HeadTimeout(Exception):
-    """A request head started but did not complete within ``header_timeout``."""
 
 
 class HTTPConnection:
@@ -80,6 +45,10 @@ class HTTPConnection:
         self.linger = False  # the client may still be sending: close lingering
         self.peer_closed = False  # EOF or reset seen on the socket
         self.requests = 0
+        self._socket = stream.socket
+        self._fd = stream.socket.fileno()
+        self._io = trio.CancelScope()  # its deadline guards the wait named by _waiting
+        self._waiting = ""  # "idle" | "head" | "send"
         try:
             self.remote: tuple[str, int] | None = tuple(stream.socket.getpeername()[:2])  # type: ignore[assignment]
         except OSError:
@@ -91,8 +60,11 @@ class HTTPConnection:
     async def run(self) -> None:
         """Serve requests, then close; never raises (but lets cancellation through)."""
         try:
-            await self._serve_requests()
-            if self.linger and not self.peer_closed:
+            with self._io:
+                await self._serve_requests()
+            if self._io.cancelled_caught:
+                await self._after_io_deadline()
+            elif self.linger and not self.peer_closed:
                 await self._linger()
         except ConnectionLost as exc:
             log.info("http_connection_lost", remote=self.remote, reason=str(exc))
@@ -100,6 +72,16 @@ class HTTPConnection:
             log.error("http_connection_error", remote=self.remote, exc_info=True)
         finally:
             await trio.aclose_forcefully(self.stream)
+
+    async def _after_io_deadline(self) -> None:
+        """The shared deadline fired (or shutdown woke an idle connection): say why, and close."""
+        if self._waiting == "head":
+            log.info("http_header_timeout", remote=self.remote)
+            with trio.move_on_after(self.config.drain_timeout):
+                await self.stream.send_all(self._encode(plain_response(408, "Request Timeout\n"), close=True))
+                await self._linger()
+        elif self._waiting == "send":
+            log.info("http_send_timeout", remote=self.remote)
 
     # ---- the request cycle ------------------------------------------------
 
@@ -110,11 +92,10 @@ class HTTPConnection:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 log.info("http_protocol_error", remote=self.remote, status=status, error=str(exc))
-                await self._send_error(status, "Request Header Fields Too Large" if status == 431 else "Bad Request")
-                return
-            except _HeadTimeout:
-                log.info("http_header_timeout", remote=self.remote)
-                await self._send_error(408, "Request Timeout")
+                if not self.peer_closed:
+                    text = "Request Header Fields Too Large\n" if status == 431 else "Bad Request\n"
+                    self.linger = True
+                    await self._send(self._encode(plain_response(status, text), close=True))
                 return
             if event is None:
                 return
@@ -126,43 +107,41 @@ class HTTPConnection:
     async def _receive_head(self) -> h11.Request | None:
         """The next request head, or None when the connection should just close."""
         conn = self.conn
-        idle = True
-        deadline = 0.0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                if idle:
-                    timeout = self.config.keep_alive_timeout if self.requests else self.config.header_timeout
-                    if not await self._receive_while_idle(timeout):
-                        return None
-                    idle = False
-                    deadline = trio.current_time() + self.config.header_timeout
-                else:
-                    with trio.move_on_at(deadline):
-                        await self._receive()
-                        continue
-                    raise _HeadTimeout
-            elif type(event) is h11.Request:
-                return event
-            else:  # ConnectionClosed (PAUSED cannot happen at the start of a cycle)
-                return None
+        io = self._io
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            await self._receive_while_idle()
+            if (event := conn.next_event()) is h11.NEED_DATA:
+                self._waiting = "head"  # the first bytes came: the rest of the head must follow in time
+                io.deadline = trio.current_time() + self.config.header_timeout
+                while (event := conn.next_event()) is h11.NEED_DATA:
+                    await self._receive()
+        else:
+            await trio.lowlevel.checkpoint()  # pipelined: let other connections run between requests
+        io.deadline = math.inf
+        self._waiting = ""
+        return event if type(event) is h11.Request else None  # else ConnectionClosed
 
-    async def _receive_while_idle(self, timeout: float) -> bool:
-        """Wait for the first bytes of a request; False on timeout or shutdown."""
+    async def _receive_while_idle(self) -> None:
+        """Wait for a request's first bytes, cancelled by the idle timeout or shutdown."""
+        io = self._io
+        timeout = self.config.keep_alive_timeout if self.requests else self.config.header_timeout
+        io.deadline = trio.current_time() + timeout
+        self._waiting = "idle"
         if self.signal.requested:
-            return False
-        with trio.move_on_after(timeout) as scope:
-            self.signal.idle_scopes.add(scope)
-            try:
-                await self._receive()
-            finally:
-                self.signal.idle_scopes.discard(scope)
-        return not scope.cancelled_caught
+            io.cancel()
+        self.signal.idle_scopes.add(io)
+        try:
+            await self._receive()
+        finally:
+            self.signal.idle_scopes.discard(io)
 
     async def _receive(self) -> None:
+        # The trio socket itself, not SocketStream.receive_some: this is the hot path,
+        # and SocketStream's per-call wrappers cost more than the h11 parse of a small request.
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = await self._socket.recv(RECEIVE_SIZE)
+        except (OSError, trio.ClosedResourceError):
             data = b""
         if not data:
             self.peer_closed = True
@@ -238,6 +217,8 @@ class HTTPConnection:
             else:
                 drain = True
         elif conn.their_state is not h11.DONE:  # the body broke (client gone, bad framing)
+            if self.peer_closed:
+                return False  # nobody to answer
             close = True
         head_only = request.method == "HEAD"
         await self._send_response(response, head_only=head_only, close=close)
@@ -257,37 +238,13 @@ class HTTPConnection:
             pass  # their state is now ERROR: the connection closes after the response
         return discarded
 
-    def _head(self, response: Response, *, close: bool) -> h11.Response:
-        status = response.status
-        headers = []
-        seen_date = seen_server = seen_length = False
-        for name, value in response.headers:
-            lname = name.lower()
-            if lname == "date":
-                seen_date = True
-            elif lname == "server":
-                seen_server = True
-            elif lname == "content-length":
-                seen_length = True
-            headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
-        if not seen_date:
-            headers.append((b"date", http_date()))
-        if not seen_server:
-            headers.append((b"server", b"tailbucket"))
-        if not seen_length and isinstance(response.body, (bytes, bytearray, memoryview)) \
-                and status not in (204, 304) and status >= 200:
-            headers.append((b"content-length", str(len(response.body)).encode()))
-        if close:
-            headers.append((b"connection", b"close"))
-        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
-
     async def _send_response(self, response: Response, *, head_only: bool, close: bool) -> None:
         conn = self.conn
         body = response.body
         streamed = not isinstance(body, (bytes, bytearray, memoryview))
         try:
             try:
-                out = conn.send(self._head(response, close=close))
+                out = conn.send(response_head(response, close=close))
                 if not streamed:
                     if body and not head_only and response.status not in (204, 304):
                         out += conn.send(h11.Data(data=body))
@@ -314,6 +271,7 @@ class HTTPConnection:
             async for chunk in body:
                 if not chunk:
                     continue
+                await trio.lowlevel.checkpoint()  # _send's fast path does not yield; a fast client must not starve others
                 pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
                 data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 if pending and len(data) <= 16 * 1024:
@@ -333,23 +291,33 @@ class HTTPConnection:
             raise ConnectionLost("response body failed") from None
 
     async def _send(self, data: bytes) -> None:
-        with trio.move_on_after(self.config.send_timeout) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.conn.send_failed()
-                raise ConnectionLost(f"client disconnected: {exc}") from None
-        if scope.cancelled_caught:
+        """Send all of ``data`` within ``send_timeout``.  Fast path: a non-blocking write
+        the kernel takes whole (the usual case for a small response) needs no deadline."""
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
             self.conn.send_failed()
-            raise ConnectionLost("send timeout: the client is not reading")
-
-    async def _send_error(self, status: int, text: str) -> None:
-        """Answer a request that never reached a handler, then close (lingering)."""
-        self.linger = True
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise ConnectionLost(f"client disconnected: {exc}") from None
+        if sent == len(data):
             return
-        response = plain_response(status, text + "\n")
-        await self._send_response(response, head_only=False, close=True)
+        io = self._io
+        io.deadline = trio.current_time() + self.config.send_timeout
+        self._waiting = "send"
+        try:
+            await self.stream.send_all(memoryview(data)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.conn.send_failed()
+            raise ConnectionLost(f"client disconnected: {exc}") from None
+        io.deadline = math.inf
+        self._waiting = ""
+
+    def _encode(self, response: Response, *, close: bool) -> bytes:
+        """A whole bytes response, for answers that never reached a handler."""
+        conn = self.conn
+        return conn.send(response_head(response, close=close)) + conn.send(h11.Data(data=response.body)) \
+            + conn.send(h11.EndOfMessage())
 
     async def _drain(self) -> bool:
         """Discard the rest of an unread request body (bounded); True when it all came."""
