@@ -26,6 +26,7 @@ from server.errors import (
     S3Error,
 )
 from server.http import Request, Response
+from server.sessions import SessionStore, create_session
 from server.storage import Storage
 
 log = structlog.get_logger("tailbucket.server")
@@ -59,6 +60,7 @@ class S3App:
 
     def __init__(self, storage: Storage, config: ServerConfig, keys: object) -> None:
         self.storage, self.config, self.keys = storage, config, keys
+        self.sessions = SessionStore()
 
     def __repr__(self) -> str:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
@@ -89,6 +91,9 @@ class S3App:
         elif key is None:
             if "location" in query:
                 table = {"GET": (buckets.get_bucket_location, "GetBucketLocation")}
+            elif "session" in query:
+                unsupported.discard("session")
+                table = {"GET": (self._create_session, "CreateSession")}
             else:
                 table = {
                     "GET": (buckets.list_objects, "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"),
@@ -111,6 +116,9 @@ class S3App:
             raise MethodNotAllowed(f"The {method} method is not allowed against this resource.", Method=method)
         return table[method]
 
+    async def _create_session(self, ctx: Context) -> Response:
+        return await create_session(ctx, self.sessions)
+
     @staticmethod
     async def _head_object(ctx: Context) -> Response:
         return await objects.get_object(ctx, head=True)
@@ -128,7 +136,7 @@ class S3App:
                 query = parse_query(request.query)
                 auth = authenticate(
                     request.method, request.path, request.query, request.headers, self.keys,
-                    now=time.time(), region=self.config.region,
+                    now=time.time(), region=self.config.region, sessions=self.sessions.lookup,
                 )
                 handler, operation = self.route(request.method, bucket, key, query)
                 ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)

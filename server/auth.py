@@ -36,10 +36,12 @@ import structlog
 from server.errors import (
     AccessDenied,
     AuthorizationQueryParametersError,
+    ExpiredToken,
     AuthorizationHeaderMalformed,
     InvalidAccessKeyId,
     InvalidArgument,
     InvalidRequest,
+    InvalidToken,
     NotImplemented_,
     RequestTimeTooSkewed,
     S3Error,
@@ -51,6 +53,7 @@ log = structlog.get_logger("tailbucket.server.auth")
 
 MAX_SKEW_SECONDS = 15 * 60
 MAX_PRESIGNED_EXPIRES = 7 * 24 * 3600  # 604800, the SigV4 query-auth limit
+S3EXPRESS_SERVICE = "s3express"  # S3 Express One Zone signs with this service name; we accept it as s3
 SESSION_TOKEN_HEADER = "x-amz-s3session-token"  # S3 Express One Zone (CreateSession)
 SESSION_TOKEN_QUERY = "X-Amz-S3session-Token"
 PAYLOAD_MODES = frozenset(
@@ -377,7 +380,7 @@ class _Policy:
     def check_scope(self, auth: sigv4.Authorization, amz_date: str, error: type[S3Error]) -> None:
         if auth.date_stamp != amz_date[:8]:
             raise error(f"Invalid credential date {auth.date_stamp!r}. Date is not the same as X-Amz-Date {amz_date!r}.")
-        if auth.service != self.service:
+        if auth.service != self.service and not (self.service == "s3" and auth.service == S3EXPRESS_SERVICE):
             raise error(f"Credential should be scoped to correct service: '{self.service}'.")
         if self.region is not None and auth.region != self.region:
             raise error(f"The region '{auth.region}' is wrong; expecting '{self.region}'", Region=self.region)
@@ -386,9 +389,9 @@ class _Policy:
         if token is not None:
             session = self.sessions(token) if self.sessions is not None else None
             if session is None or session.access_key_id != access_key_id:
-                raise AccessDenied("The provided session token is malformed or otherwise invalid.")
+                raise InvalidToken("The provided session token is malformed or otherwise invalid.")
             if session.expires_at <= self.now:
-                raise AccessDenied("The provided session token has expired.")
+                raise ExpiredToken("The provided session token has expired.")
             return session.secret
         secret = self.keys.secret_for(access_key_id)
         if secret is None:

@@ -51,6 +51,8 @@ AuthorizationHeaderMalformed = _error("AuthorizationHeaderMalformed", 400, "The 
 AuthorizationQueryParametersError = _error(
     "AuthorizationQueryParametersError", 400, "Error parsing the X-Amz-Credential parameter."
 )
+ExpiredToken = _error("ExpiredToken", 400, "The provided token has expired.")
+InvalidToken = _error("InvalidToken", 400, "The provided token is malformed or otherwise invalid.")
 InvalidPart = _error("InvalidPart", 400, "One or more of the specified parts could not be found.")
 InvalidPartOrder = _error("InvalidPartOrder", 400, "The list of parts was not in ascending order.")
 XAmzContentSHA256Mismatch = _error(

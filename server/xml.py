@@ -271,3 +271,14 @@ def parse_xml(body: bytes, *, limit: int = MAX_REQUEST_XML, strip_namespace: boo
         raise MalformedXML("XML with a DOCTYPE or entity declaration is not accepted") from None
     except (expat.ExpatError, AssertionError) as exc:  # TreeBuilder.close asserts a root exists
         raise MalformedXML(f"XML body is not well-formed: {exc}") from None
+
+
+def create_session_result(access_key_id: str, secret: str, token: str, expires: float) -> bytes:
+    """CreateSession (S3 Express One Zone): short-lived credentials for one bucket."""
+    root = _root("CreateSessionResult")
+    creds = _add(root, "Credentials")
+    _add(creds, "SessionToken", token)
+    _add(creds, "SecretAccessKey", secret)
+    _add(creds, "AccessKeyId", access_key_id)
+    _add(creds, "Expiration", iso8601(expires))
+    return _serialize(root)

@@ -18,6 +18,8 @@ from server.auth import (
 )
 from server.errors import (
     AccessDenied,
+    ExpiredToken,
+    InvalidToken,
     AuthorizationHeaderMalformed,
     InvalidAccessKeyId,
     InvalidArgument,
@@ -329,12 +331,14 @@ def test_session_token_resolves_the_secret():
 
 
 @pytest.mark.parametrize(
-    "sessions, now",
-    [(None, T), ({}.get, T), ({"tok": Session("AKIDOTHER", "session-secret", T + 300)}.get, T), ({"tok": SESSION}.get, T + 300)],
+    "sessions, now, error",
+    [(None, T, InvalidToken), ({}.get, T, InvalidToken),
+     ({"tok": Session("AKIDOTHER", "session-secret", T + 300)}.get, T, InvalidToken),
+     ({"tok": SESSION}.get, T + 300, ExpiredToken)],
     ids=["no-sessions", "unknown-token", "other-key", "expired"],
 )
-def test_bad_session_token_is_access_denied(sessions, now):
-    with pytest.raises(AccessDenied, match="token"):
+def test_bad_session_token_is_refused_so_the_client_renews_it(sessions, now, error):
+    with pytest.raises(error, match="token"):
         auth(session_request(), sessions=sessions, now=now)
 
 
