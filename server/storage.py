@@ -73,6 +73,7 @@ T = TypeVar("T")
 
 SPILL_SIZE = 1 * MiB  # body bytes held in memory before they go to the data file
 INLINE_HASH_LIMIT = 64 * KiB  # larger remainders are hashed (and written) in a worker thread
+MIN_FREE_BYTES = 64 * MiB  # below this the server reports itself not ready
 
 
 def _accept(_: Any) -> None:
@@ -260,6 +261,13 @@ class Storage:
             except FileNotFoundError:
                 continue  # replaced or deleted between the two steps: look again
         raise InternalError(f"object {bucket}/{key} kept changing while being opened")
+
+    async def is_writable(self) -> bool:
+        """For the readiness probe: open, and the data dir's filesystem has room."""
+        if self._closed:
+            return False
+        fs = await trio.to_thread.run_sync(os.statvfs, self.data_dir)
+        return fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES
 
     async def stats(self) -> tuple[int, int]:
         """(objects, bytes) over all buckets."""
