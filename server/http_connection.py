@@ -29,6 +29,11 @@ from server.http import (
 
 log = structlog.get_logger()
 
+def _head_size(event: h11.Request) -> int:
+    """The request head's size on the wire, give or take the request line's spaces."""
+    return len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
+
+
 class ConnectionLost(Exception):
     """The socket broke, or the client stopped reading: nothing more can be sent."""
 
@@ -44,6 +49,7 @@ class HTTPConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self.linger = False  # the client may still be sending: close lingering
         self.peer_closed = False  # EOF or reset seen on the socket
+        self.body_failed = False  # a body read raised (timeout, bad framing): this connection is done
         self.requests = 0
         self._socket = stream.socket
         self._fd = stream.socket.fileno()
@@ -120,7 +126,12 @@ class HTTPConnection:
             await trio.lowlevel.checkpoint()  # pipelined: let other connections run between requests
         io.deadline = math.inf
         self._waiting = ""
-        return event if type(event) is h11.Request else None  # else ConnectionClosed
+        if type(event) is not h11.Request:
+            return None  # ConnectionClosed
+        if _head_size(event) > self.config.max_header_bytes:
+            # h11 enforces the limit only on a head still incomplete; this one came in one read.
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        return event
 
     async def _receive_while_idle(self) -> None:
         """Wait for a request's first bytes, cancelled by the idle timeout or shutdown."""
@@ -182,6 +193,7 @@ class HTTPConnection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
+                self.body_failed = True
                 if self.peer_closed:
                     raise errors.IncompleteBody() from exc
                 raise errors.InvalidRequest(f"Malformed request body: {exc}") from exc
@@ -190,10 +202,12 @@ class HTTPConnection:
                     try:
                         await self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                     except ConnectionLost as exc:
+                        self.body_failed = True
                         raise errors.IncompleteBody() from exc
                 with trio.move_on_after(self.config.body_timeout):
                     await self._receive()
                     continue
+                self.body_failed = True
                 raise errors.RequestTimeout()
             if type(event) is h11.Data:
                 return event.data
@@ -212,7 +226,8 @@ class HTTPConnection:
         if conn.their_state is h11.SEND_BODY:  # the handler answered before the client sent the whole body
             length = body.content_length
             remaining = None if length is None else length - body.bytes_read - unread
-            if conn.they_are_waiting_for_100_continue or remaining is None or remaining > self.config.drain_max_bytes:
+            if self.body_failed or conn.they_are_waiting_for_100_continue or remaining is None \
+                    or remaining > self.config.drain_max_bytes:
                 close = self.linger = True  # don't read a body nobody wants; don't reset the client either
             else:
                 drain = True
