@@ -255,16 +255,24 @@ class HTTPConnection:
 
     async def _send_response(self, response: Response, *, head_only: bool, close: bool) -> None:
         conn = self.conn
-        body = response.body
-        streamed = not isinstance(body, (bytes, bytearray, memoryview))
+        given_body = response.body
         try:
             try:
-                out = conn.send(response_head(response, close=close))
+                head = response_head(response, close=close)
+            except (h11.LocalProtocolError, UnicodeEncodeError, TypeError, ValueError, AttributeError):
+                # A handler bug caught before anything is sent (h11 validates header names and values).
+                log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
+                response = plain_response(500, "Internal Server Error\n")
+                head = response_head(response, close=close)
+            body = response.body
+            streamed = not isinstance(body, (bytes, bytearray, memoryview))
+            try:
+                out = conn.send(head)
                 if not streamed:
                     if body and not head_only and response.status not in (204, 304):
                         out += conn.send(h11.Data(data=body))
                     out += conn.send(h11.EndOfMessage())
-            except h11.LocalProtocolError:
+            except h11.LocalProtocolError:  # e.g. a body longer than its Content-Length
                 log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
                 raise ConnectionLost("invalid response") from None
             if not streamed:
@@ -274,10 +282,10 @@ class HTTPConnection:
             else:
                 await self._send_stream(out, body)  # type: ignore[arg-type]
         finally:
-            if streamed and hasattr(body, "aclose"):
+            if hasattr(given_body, "aclose"):  # a streamed body gets closed however the send ended
                 with trio.move_on_after(self.config.drain_timeout) as scope:
                     scope.shield = True
-                    await body.aclose()  # type: ignore[union-attr]
+                    await given_body.aclose()  # type: ignore[union-attr]
 
     async def _send_stream(self, head: bytes, body: AsyncIterable[bytes]) -> None:
         conn = self.conn

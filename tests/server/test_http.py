@@ -589,3 +589,26 @@ async def test_shutdown_cancels_a_stuck_request_at_the_deadline():
         elapsed = trio.current_time() - start
     assert cancelled.is_set() and 0.3 <= elapsed < 0.3 + 2
     assert await client.closed_by_server()
+
+
+async def test_invalid_response_headers_become_500_and_a_streamed_body_is_closed():
+    closed = trio.Event()
+
+    async def body():
+        try:
+            yield b"never sent"
+        finally:
+            closed.set()
+
+    async def handler(req: Request) -> Response:
+        gen = body()
+        await gen.asend(None)  # started, so closing it runs its finally
+        return Response(200, [("x-bad", "line\r\nbreak")], gen)
+
+    async with serving(handler) as (_, port):
+        client = await RawClient.open(port)
+        with capture_logs() as logs:
+            reply = await client.exchange(request())
+        await client.aclose()
+    assert reply.status == 500 and closed.is_set()
+    assert any(e["event"] == "http_response_invalid" for e in logs)
