@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus  # the standard library's, not this module
 
 import h11
-
 import structlog
 import trio
 
@@ -29,8 +28,6 @@ KiB = 1024
 MiB = 1024 * KiB
 SECONDS = 1.0
 RECEIVE_SIZE = 64 * KiB
-
-log = structlog.get_logger()
 
 log = structlog.get_logger()
 
@@ -51,11 +48,12 @@ class HTTPConfig:
 class RequestBody:
     """The request body, streamed: never held whole, read by the handler in pieces.
 
-    ``content_length`` is the body length known before reading: Content-Length,
-    None when the request has none (chunked, or no body framing at all).
+    ``content_length`` is the Content-Length header's value; None without one
+    (a chunked body, or a request with no body framing, whose body is empty).
     """
 
     __slots__ = ("content_length", "bytes_read", "complete", "_source", "_pending")
+    _pending: bytes | bytearray | memoryview
 
     def __init__(self, source: Callable[[], Awaitable[bytes | None]], content_length: int | None) -> None:
         self.content_length = content_length
@@ -96,8 +94,9 @@ class RequestBody:
         if len(data) <= max_bytes:
             self._pending = b""
             return bytes(data)
-        self._pending = data[max_bytes:]
-        return bytes(data[:max_bytes])
+        view = memoryview(data)  # split without copying the rest
+        self._pending = view[max_bytes:]
+        return bytes(view[:max_bytes])
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -114,6 +113,9 @@ class RequestBody:
 
 @dataclass(slots=True)
 class Request:
+    """One request as the handler sees it: raw where S3 needs raw (SigV4 signs the
+    path as sent), the body still in the socket."""
+
     method: str
     target: str  # raw request-target, latin-1
     path: str  # still percent-encoded
@@ -135,6 +137,8 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
+    """What a handler answers.  Date, Server and a bytes body's Content-Length are added."""
+
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     # An async iterable is streamed; give it a content-length header, else it goes chunked.
