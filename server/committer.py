@@ -1,29 +1,31 @@
-"""Group commit: concurrent writes share one worker-thread hop, one data flush,
-one SQLite transaction and one WAL fsync.
+"""Group commit: concurrent writes share their data flush, one SQLite
+transaction and one WAL fsync.
 
-There is no background task.  The first writer to arrive becomes the leader:
-it takes every job queued so far into one batch and runs it in a worker
-thread; writers arriving meanwhile queue up, and when the batch is done the
-leader hands the lead to the oldest queued writer, which commits the whole
-queue in the next batch.  Under load each hop carries many commits; alone, a
-writer pays exactly one hop.  (A trio thread hop costs tens of µs of CPU, a
-flush up to milliseconds on a busy disk: both are paid per batch, not per write.)
+Writes hand their jobs to dedicated worker threads and park; a thread takes
+everything queued at once as one batch, so under load each flush and each
+commit carries many writes, and alone a write pays one of each.  The trio
+thread is woken once per batch (``TrioToken.run_sync_soon``), not once per
+write and stage: a thread hop costs tens of µs of the event loop's CPU, which
+the HTTP side needs.
 
-A job goes through, in worker threads, batched with its neighbours:
-  1. write its last body bytes (``PendingWrite.finish_writing``);
-  2. make them durable with one flush per batch (``DataFiles.sync_writes``) --
-     data must be on disk before the index says it is there;
-  3. one transaction with every job's ``apply``; an ``apply`` makes at most one
-     changing statement, so a refused job (e.g. its bucket was just deleted)
-     leaves no change behind and does not sink the others;
-  4. COMMIT (the WAL fsync);
-  5. ``after`` of each committed job (unlink replaced data files).
-A job that fails at any step has its data file put back (``PendingWrite.discard``).
+Durable storage pipelines two threads: the *flusher* writes each job's last
+body bytes and makes a batch durable with one flush (``DataFiles.sync_writes``)
+-- data must be on disk before the index says it is there -- and passes the
+batch to the *committer*, which runs one transaction and COMMIT (the WAL
+fsync).  The flush of one batch overlaps the commit of the one before.
+Without fsync one thread does both steps.
+
+In the transaction every job's ``apply`` makes at most one changing
+statement, so a refused job (e.g. its bucket was just deleted) leaves no
+change behind and does not sink the others.  After the COMMIT, ``after`` of
+each committed job runs (unlink replaced data files).  A job that fails at any
+step has its data file put back (``PendingWrite.discard``).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,108 +48,126 @@ class CommitJob:
     after: Callable[[Any], None] | None = None  # clean-up once committed, given apply's result (failures are only logged)
     result: Any = None
     error: BaseException | None = None
-    done: bool = False  # the current stage has run this job
-    parked: trio.lowlevel.Task | None = None  # the submitter, while it waits
+    parked: trio.lowlevel.Task | None = None  # the submitter, waiting for the outcome
 
 
 def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 
 
-class _Stage:
-    """Leader/follower batching of one blocking step: whoever finds the stage
-    idle runs everything queued in one worker-thread hop; later arrivals park
-    and the oldest of them leads the next batch."""
+class _Pipe:
+    """Hands jobs to one worker thread, which takes all that are queued at once."""
 
-    def __init__(self, step: Callable[[list[CommitJob]], None]) -> None:
-        self._step = step
-        self._queue: list[CommitJob] = []
-        self._busy = False
-        self.batches = 0
-        self.jobs = 0
+    def __init__(self) -> None:
+        self._jobs: list[CommitJob] = []
+        self._ready = threading.Condition(threading.Lock())
+        self._closed = False
 
-    async def run(self, job: CommitJob) -> None:
-        """Run ``job`` through the step (outcome in job.error).  Not cancellable:
-        the step may take effect either way, so the caller must learn the outcome."""
-        job.done = False
-        self._queue.append(job)
-        if self._busy:
-            # Queueing and parking happen with no checkpoint between: no wake-up is missed.
-            job.parked = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-            job.parked = None
-        if not job.done:
-            await self._lead()
+    def put(self, jobs: list[CommitJob]) -> None:
+        with self._ready:
+            self._jobs += jobs
+            self._ready.notify()
 
-    async def _lead(self) -> None:
-        self._busy = True
-        batch, self._queue = self._queue, []
-        self.batches += 1
-        self.jobs += len(batch)
-        try:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._step, batch)
-        except BaseException as exc:  # the hop itself failed: nobody's outcome is known
-            for job in batch:
-                if job.error is None:
-                    job.error = exc
-            raise
-        finally:
-            for job in batch:
-                job.done = True
-                if job.parked is not None:
-                    trio.lowlevel.reschedule(job.parked)
-            if self._queue:
-                follower = self._queue[0].parked
-                assert follower is not None
-                trio.lowlevel.reschedule(follower)  # hand over the lead
-            else:
-                self._busy = False
+    def take(self) -> list[CommitJob] | None:
+        """Every queued job (blocking until there is one); None once closed and drained."""
+        with self._ready:
+            while not self._jobs and not self._closed:
+                self._ready.wait()
+            batch, self._jobs = self._jobs, []
+            return batch or None
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
 
 
 class GroupCommitter:
-    """Runs CommitJobs against the one writing connection, many per transaction.
+    """Runs CommitJobs against the one writing connection, many per transaction."""
 
-    Durable storage pipelines two stages, each batched on its own: *flush*
-    (write the last bytes, one data flush for the batch) and *commit* (one
-    transaction + WAL fsync).  The data flush of one group overlaps the WAL
-    fsync of the group before it, so a write waits about one flush, not two,
-    behind the others.  Without fsync both steps run in one hop.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, files: DataFiles) -> None:
+    def __init__(self, conn: sqlite3.Connection, files: DataFiles, token: trio.lowlevel.TrioToken) -> None:
         self._conn = conn
         self._files = files
-        self._flush = _Stage(self._write_and_flush) if files.durable else None
-        self._commit = _Stage(self._commit_batch if files.durable else self._write_and_commit)
-
-    @property
-    def batches(self) -> int:
-        return self._commit.batches
-
-    @property
-    def jobs(self) -> int:
-        return self._commit.jobs
+        self._token = token
+        self._inbox = _Pipe()
+        self._closed = False
+        self.batches = 0
+        self.jobs = 0
+        if files.durable:
+            to_commit = _Pipe()
+            self._threads = [
+                threading.Thread(target=self._serve, args=(self._inbox, self._write_and_flush, to_commit), daemon=True,
+                                 name="storage-flusher"),
+                threading.Thread(target=self._serve, args=(to_commit, self._commit_step, None), daemon=True,
+                                 name="storage-committer"),
+            ]
+        else:
+            self._threads = [
+                threading.Thread(target=self._serve, args=(self._inbox, self._write_and_commit, None), daemon=True,
+                                 name="storage-committer")
+            ]
+        for thread in self._threads:
+            thread.start()
 
     def __repr__(self) -> str:
-        return f"GroupCommitter(batches={self._commit.batches}, jobs={self._commit.jobs})"
+        return f"GroupCommitter(batches={self.batches}, jobs={self.jobs}, closed={self._closed})"
 
     async def run(self, job: CommitJob) -> Any:
         """Commit ``job`` together with whatever else is queued; return apply's
-        result or raise its error (then nothing of it is visible)."""
-        if job.pending is not None and self._flush is not None:
-            await self._flush.run(job)
-        if job.error is None:
-            await self._commit.run(job)
+        result or raise its error (then nothing of it is visible).
+
+        Not cancellable: once queued, the job may commit either way, so the
+        caller must learn the outcome; a cancellation arrives at its next checkpoint.
+        """
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        job.parked = trio.lowlevel.current_task()
+        self._inbox.put([job])
+        # The wake-up comes through run_sync_soon, which cannot run before this task parks.
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
             raise job.error
         return job.result
 
-    # -- worker thread ---------------------------------------------------------
+    def close(self) -> None:
+        """Finish the queued jobs and stop the threads (blocking: call from a worker thread)."""
+        self._closed = True
+        self._inbox.close()
+        for thread in self._threads:
+            thread.join()
+
+    # -- worker threads ----------------------------------------------------------
+
+    def _serve(self, source: _Pipe, step: Callable[[list[CommitJob]], None], then: _Pipe | None) -> None:
+        while (batch := source.take()) is not None:
+            try:
+                step(batch)
+            except BaseException as exc:  # a bug: the outcome of these jobs is unknown
+                log.error("storage_commit_thread_failed", error=repr(exc), jobs=len(batch))
+                for job in batch:
+                    if job.error is None:
+                        job.error = exc
+            if then is not None:
+                then.put(batch)
+            else:
+                self._deliver(batch)
+        if then is not None:
+            then.close()
+
+    def _deliver(self, batch: list[CommitJob]) -> None:
+        try:
+            self._token.run_sync_soon(_wake, batch)
+        except trio.RunFinishedError:
+            log.error("storage_commit_after_shutdown", jobs=len(batch))
+
+    def _commit_step(self, batch: list[CommitJob]) -> None:
+        self.batches += 1
+        self.jobs += len(batch)
+        self._commit_batch([job for job in batch if job.error is None])
 
     def _write_and_commit(self, batch: list[CommitJob]) -> None:
         self._write_and_flush(batch)
-        self._commit_batch([job for job in batch if job.error is None])
+        self._commit_step(batch)
 
     def _commit_batch(self, ready: list[CommitJob]) -> None:
         if not ready:
@@ -217,3 +237,11 @@ def _discard(job: CommitJob) -> None:
         # What could not be undone stays past the committed length: invisible,
         # overwritten by the next append, truncated at the next start.
         log.error("storage_undo_failed", error=repr(exc), file_id=job.pending.file_id)
+
+
+def _wake(batch: list[CommitJob]) -> None:
+    """In the trio thread: the batch is done, resume its writers."""
+    for job in batch:
+        if job.parked is not None:
+            task, job.parked = job.parked, None
+            trio.lowlevel.reschedule(task)

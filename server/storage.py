@@ -78,7 +78,7 @@ class Storage:
         self.data_dir = data_dir
         self._files = files
         self._conn = conn
-        self._committer = GroupCommitter(conn, files)
+        self._committer = GroupCommitter(conn, files, trio.lowlevel.current_trio_token())
         self._readers = index.ReadConnections(data_dir / "index.sqlite3")
         self._slots = ObjectSlots(self._load, capacity=open_files)
         self._buckets = buckets  # storage is the only writer, so memory is exact
@@ -130,6 +130,7 @@ class Storage:
         self._slots.close()
 
         def close() -> None:
+            self._committer.close()
             self._readers.close()
             self._conn.close()
             os.close(self._lock_fd)  # releases the flock
