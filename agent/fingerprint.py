@@ -26,6 +26,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import Iterable
 from pathlib import PurePosixPath
 
 WINDOW = 256
@@ -145,19 +146,22 @@ def find_in_directory(directory: str, known: FileIdentity) -> str | None:
     return None
 
 
-def find_successor(path: str, left: Probe) -> str | None:
+def find_successor(path: str, left: Probe, seen: Iterable[FileIdentity] = ()) -> str | None:
     """The file to read after ``left`` stopped being ``path``'s file (blocking).
 
     Normally that is the new file at ``path``.  But when the file rotated more
     than once while we were not reading (server down: the log file is the
     buffer), the files in between are rotated siblings (``app.log.1``,
-    ``app.log-20240101``, ``app.1.log``): the oldest one written after ``left``
-    comes first.  Compressed siblings are copies, never read.
+    ``app.log-20240101``, ``app.1.log``) last written no earlier than ``left``;
+    the oldest comes first (by mtime, then inode).  ``seen`` names files already
+    read, which a coarse file-system clock may show with the same mtime.
+    Compressed siblings are copies, never read.
     """
     directory, base = os.path.split(path)
     stem = PurePosixPath(base).stem
     prefixes = tuple({base + sep for sep in ".-_"} | ({stem + "."} if stem != base else set()))
-    best: tuple[int, int, str] | None = None
+    seen_inodes = {(i.dev, i.ino): i for i in seen}
+    candidates: list[tuple[int, int, int, str]] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -170,10 +174,42 @@ def find_successor(path: str, left: Probe) -> str | None:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == (left.dev, left.ino):
-            continue
-        if st.st_mtime_ns > left.mtime_ns and (best is None or (st.st_mtime_ns, st.st_ino) < best[:2]):
-            best = (st.st_mtime_ns, st.st_ino, entry.path)
-    if best is not None:
-        return best[2]
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) != (left.dev, left.ino) and st.st_mtime_ns >= left.mtime_ns:
+            candidates.append((st.st_mtime_ns, st.st_ino, st.st_dev, entry.path))
+    for _, ino, dev, candidate in sorted(candidates):
+        known = seen_inodes.get((dev, ino))
+        probe = probe_path(candidate) if known is not None else None
+        if known is not None and probe is not None and matches(known, probe.dev, probe.ino, probe.head):
+            continue  # read already
+        return candidate
     return path if os.path.lexists(path) else None
+
+
+def open_successor(path: str, left: Probe, seen: Iterable[FileIdentity] = ()) -> tuple[int, Probe, str] | None:
+    """Open ``find_successor``'s answer, checking it still holds once open (blocking).
+
+    Rotation may go on while we look: the file opened at ``path`` may have been
+    renamed to a sibling a moment later, with another file before it.  So look
+    again after opening and retry until both looks agree.
+    """
+    seen = tuple(seen)
+    opened: tuple[int, Probe, str] | None = None
+    for _ in range(8):
+        candidate = find_successor(path, left, seen)
+        if candidate is None:
+            break
+        try:
+            fd, probe = open_regular(candidate)
+        except OSError:
+            continue
+        if opened is not None:
+            os.close(opened[0])
+        opened = (fd, probe, candidate)
+        again = find_successor(path, left, seen)
+        try:
+            st = os.stat(again) if again is not None else None
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (probe.dev, probe.ino):
+            return opened
+    return opened

@@ -24,6 +24,7 @@ Events are hints (``poke``); every wake-up checks the file itself.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import math
 import os
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from agent.fingerprint import (
     FileIdentity,
     Probe,
     find_in_directory,
-    find_successor,
+    open_successor,
     grown,
     matches,
     open_regular,
@@ -156,6 +157,7 @@ class Tailer:
         self._charged = 0  # budget taken for bytes not yet handed downstream
         self._partial_since = math.inf
         self._leaving_quiet_at: float | None = None  # set while draining a rotated-away file
+        self._seen: deque[FileIdentity] = deque(maxlen=64)  # files this stream finished
         self._poked = trio.Event()
         # Blocking file calls go through here: a worker thread, or (in tests
         # that need exact virtual time) an inline call.
@@ -328,14 +330,12 @@ class Tailer:
         await self._flush_partial()
         old = self._identity
         self._close()
-        following = await self._run_sync(find_successor, self.path, left)
-        for candidate in dict.fromkeys([following, self.path] if following else []):
-            try:
-                fd, probe = await self._run_sync(open_regular, candidate)
-            except OSError:
-                continue  # gone meanwhile: fall back to the path itself
-            self._fd = fd
-            self._log.info("file_rotated", old=str(old), new=str(probe.identity), old_end=self._base, next_path=candidate)
+        if old is not None:
+            self._seen.append(old)
+        following = await self._run_sync(open_successor, self.path, left, tuple(self._seen))
+        if following is not None:
+            self._fd, probe, next_path = following
+            self._log.info("file_rotated", old=str(old), new=str(probe.identity), old_end=self._base, next_path=next_path)
             self._begin(probe, 0)
             return True
         self._log.info("file_deleted", identity=str(old), end=self._base)
