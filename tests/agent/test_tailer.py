@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
 from agent.batcher import Chunk
-from agent.fingerprint import probe_path
-from agent.tailer import BEGINNING, END, ReadAheadBudget, StartAt, Tailer, cut_point
+from agent.tailer import ReadAheadBudget, Tailer, cut_point
 
 DEADLINE = 20  # seconds a test may wait for an event before failing (virtual under MockClock)
 
@@ -252,3 +251,24 @@ async def test_rotation_grace_waits_for_old_file_to_go_quiet(tmp_path: Path, aut
     await main()
     # late old bytes come first (t=2.0), the new file 2s after the old one went quiet
     assert result == [(2.0, b"late\n", 4), (4.0, b"new\n", 0)]
+
+
+async def test_rotation_and_truncation_are_logged_with_context(tmp_path: Path, nursery: trio.Nursery) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"first\n")
+    with structlog.testing.capture_logs() as logs:
+        h = await Harness(nursery, path, run_sync=inline).start()
+        await h.take(6)
+        path.write_bytes(b"")  # truncated
+        h.tailer.poke()
+        await trio.testing.wait_all_tasks_blocked()
+        path.rename(tmp_path / "app.log.1")
+        path.write_bytes(b"second\n")
+        h.tailer.poke()
+        await h.take(7)
+    events = [(e["event"], e.get("stream"), e.get("path")) for e in logs if e["event"] != "tailer_started"]
+    assert events == [("file_truncated", "s", str(path)), ("file_rotated", "s", str(path))]
+    truncated, rotated = (e for e in logs if e["event"] in ("file_truncated", "file_rotated"))
+    assert (truncated["size"], truncated["offset"]) == (0, 6)
+    assert rotated["next_path"] == str(path) and rotated["log_level"] == "info"
+    nursery.cancel_scope.cancel()
