@@ -227,9 +227,9 @@ class Tailer:
             return False
 
     async def _wait(self) -> None:
-        deadline = min(self._partial_since + self._partial_timeout if self._held else math.inf,
-                       self._leaving_quiet_at if self._leaving_quiet_at is not None else math.inf)
-        with trio.move_on_at(deadline):
+        partial = self._partial_since + self._partial_timeout if self._held else math.inf
+        leaving = self._leaving_quiet_at if self._leaving_quiet_at is not None else math.inf
+        with trio.move_on_at(min(partial, leaving)):
             await self._poked.wait()
 
     async def _read_to_eof(self) -> int:
@@ -241,7 +241,12 @@ class Tailer:
             if space == 0:  # a full buffer without a newline: send it as it is
                 await self._send(len(self._buffer))
                 continue
-            granted = await self._budget.acquire(space)
+            granted = 0
+            with trio.move_on_at(self._partial_since + self._partial_timeout if self._held else math.inf):
+                granted = await self._budget.acquire(space)
+            if not granted:  # out of budget while holding a partial line: send it, so it can be acknowledged
+                await self._flush_partial()
+                continue
             view = self._view[self._held : self._held + granted]
             read = await self._run_sync(_pread_into, self._fd, view, self.offset)
             self._budget.release(granted - read)

@@ -169,3 +169,18 @@ async def test_rotation_storm_every_byte_once_in_order(
     assert [g[2] for g in generations] == [c for c in contents if c]
     assert all(g[1] == 0 for g in generations)
     nursery.cancel_scope.cancel()
+
+
+async def test_partial_line_is_sent_when_budget_runs_out(tmp_path: Path, autojump_clock: object) -> None:
+    """Held partial lines use budget too; the timeout frees them even while reading is stalled."""
+    path = tmp_path / "app.log"
+    path.write_bytes(b"x" * 100)  # one line, no newline yet, exactly the whole budget
+    budget = ReadAheadBudget(100)
+    async with trio.open_nursery() as nursery:
+        h = await Harness(nursery, path, budget=budget, chunk_size=1000, run_sync=inline, partial_line_timeout=5.0).start()
+        append(path, b"more\n")
+        h.tailer.poke()
+        data = await h.take(100)  # take() releases budget as the shipper would
+        assert (data, trio.current_time()) == (b"x" * 100, 5.0)
+        assert await h.take(5) == b"more\n"
+        nursery.cancel_scope.cancel()
