@@ -171,7 +171,13 @@ class Tailer:
 
     @property
     def identity(self) -> FileIdentity | None:
+        """The file being read now."""
         return self._identity
+
+    @property
+    def files_done(self) -> tuple[FileIdentity, ...]:
+        """Files this stream finished (newest last): a rotated copy matched by a glob is not a new stream."""
+        return tuple(self._seen)
 
     def poke(self) -> None:
         """Something may have changed at the path; look soon.  Sync, idempotent."""

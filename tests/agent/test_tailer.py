@@ -139,6 +139,7 @@ async def test_rename_rotation_drains_old_file_then_new_from_zero(
     assert (old[1], old[2]) == (0, rotated.read_bytes())
     assert (new[1], new[2]) == (0, b"new 1\n")
     assert h.chunks[-1].identity.ino == path.stat().st_ino
+    assert [i.ino for i in h.tailer.files_done] == [rotated.stat().st_ino]
     nursery.cancel_scope.cancel()
 
 
