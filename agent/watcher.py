@@ -52,6 +52,7 @@ class Watcher:
         self._rescan_now = trio.Event()
         self._known: _Snapshot = {}
         self._observer: object | None = None
+        self._handler: _Handler | None = None
         self._scheduled: set[str] = set()
 
     # -- the consumer side ---------------------------------------------------
