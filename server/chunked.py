@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from enum import Enum
 from typing import Protocol
 
 import structlog
 
-from server.errors import IncompleteBody, InvalidArgument, InvalidRequest, NotImplemented_, S3Error
+from server.errors import IncompleteBody, InvalidArgument, InvalidRequest, S3Error
 
 log = structlog.get_logger()
 
@@ -51,7 +50,6 @@ _MAX_HEX_DIGITS = 16  # 2**64 - 1; x-amz-decoded-content-length bounds it furthe
 _HEX_SIZE = re.compile(rb"[0-9a-fA-F]{1,%d}" % _MAX_HEX_DIGITS)
 _SIGNATURE = re.compile(rb"[0-9a-f]{64}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")  # RFC 9110 token, lower-cased
-_DIGITS = re.compile(r"[0-9]{1,19}")
 _TRAILER_SIGNATURE_NAME = "x-amz-trailer-signature"
 
 Trailers = dict[str, str]
@@ -361,41 +359,7 @@ def decode_aws_chunked(source: AsyncIterable[bytes], decoder: ChunkedDecoder) ->
     return AwsChunkedBody(source, decoder)
 
 
-# -- from request headers --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StreamingMode:
-    """What an ``x-amz-content-sha256`` streaming value says about the framing."""
-
-    signed: bool
-    expect_trailer: bool
-
-
-STREAMING_MODES: Mapping[str, StreamingMode] = {
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD": StreamingMode(signed=True, expect_trailer=False),
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER": StreamingMode(signed=True, expect_trailer=True),
-    "STREAMING-UNSIGNED-PAYLOAD-TRAILER": StreamingMode(signed=False, expect_trailer=True),
-}
-_SIGV4A_MODES = ("STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD", "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER")
-
-
-def streaming_mode(content_sha256: str | None) -> StreamingMode | None:
-    """The aws-chunked mode named by ``x-amz-content-sha256``, or None for a plain body."""
-    if content_sha256 is None:
-        return None
-    if content_sha256 in _SIGV4A_MODES:
-        raise NotImplemented_("SigV4a (ECDSA) streaming signatures are not supported")
-    return STREAMING_MODES.get(content_sha256)
-
-
-def parse_decoded_length(value: str | None) -> int | None:
-    """``x-amz-decoded-content-length``: ASCII digits only (``int()`` accepts too much)."""
-    if value is None:
-        return None
-    if not _DIGITS.fullmatch(value) or int(value) > 2**63 - 1:
-        raise InvalidArgument(f"x-amz-decoded-content-length {value[:32]!r} is not a valid length")
-    return int(value)
+# -- request headers ---------------------------------------------------------
 
 
 def parse_trailer_names(value: str | None) -> frozenset[str]:
@@ -407,29 +371,6 @@ def parse_trailer_names(value: str | None) -> frozenset[str]:
     if bad:
         raise InvalidArgument(f"x-amz-trailer names an invalid header {bad[0][:64]!r}")
     return names
-
-
-def decoder_for_headers(headers: Mapping[str, str], verifier: ChunkVerifier | None) -> ChunkedDecoder | None:
-    """A decoder for a request whose lower-cased ``headers`` announce aws-chunked, else None.
-
-    ``x-amz-decoded-content-length`` is required, as S3 requires it.
-    """
-    mode = streaming_mode(headers.get("x-amz-content-sha256"))
-    if mode is None:
-        return None
-    decoded_length = parse_decoded_length(headers.get("x-amz-decoded-content-length"))
-    if decoded_length is None:
-        raise InvalidRequest("aws-chunked uploads need the x-amz-decoded-content-length header")
-    names = parse_trailer_names(headers.get("x-amz-trailer"))
-    if names and not mode.expect_trailer:
-        raise InvalidRequest("x-amz-trailer needs a *-TRAILER x-amz-content-sha256 value")
-    return ChunkedDecoder(
-        verifier=verifier,
-        signed=mode.signed,
-        expect_trailer=mode.expect_trailer,
-        decoded_length=decoded_length,
-        trailer_names=names if mode.expect_trailer else None,
-    )
 
 
 def stored_content_encoding(value: str | None) -> str | None:

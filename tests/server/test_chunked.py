@@ -22,17 +22,13 @@ from server.chunked import (
     MAX_TRAILER_BYTES,
     ChunkedDecoder,
     decode_aws_chunked,
-    decoder_for_headers,
-    parse_decoded_length,
     parse_trailer_names,
     stored_content_encoding,
-    streaming_mode,
 )
 from server.errors import (
     IncompleteBody,
     InvalidArgument,
     InvalidRequest,
-    NotImplemented_,
     S3Error,
     SignatureDoesNotMatch,
 )
@@ -237,8 +233,16 @@ def test_boto3_put_object_body_and_headers_decode():
     client.meta.events.register("before-send.s3.PutObject", before_send)
     data = b"log line\n" * 30000
     client.put_object(Bucket="b", Key="k", Body=io.BytesIO(data))
-    decoder = decoder_for_headers(captured["headers"], verifier=None)
-    assert decoder is not None
+    headers = captured["headers"]
+    assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert headers["content-encoding"] == "aws-chunked" and stored_content_encoding("aws-chunked") is None
+    decoder = ChunkedDecoder(
+        verifier=None,
+        signed=False,
+        expect_trailer=True,
+        decoded_length=int(headers["x-amz-decoded-content-length"]),
+        trailer_names=parse_trailer_names(headers["x-amz-trailer"]),
+    )
     assert decode(decoder, captured["body"], cuts=list(range(0, len(captured["body"]), 65536))) == data
     crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
     assert decoder.trailers == {"x-amz-checksum-crc32": crc}
@@ -408,25 +412,8 @@ def test_fuzzed_bodies_only_ever_raise_s3_errors(body):
 # -- headers ---------------------------------------------------------------
 
 
-def test_streaming_modes():
-    assert streaming_mode("STREAMING-AWS4-HMAC-SHA256-PAYLOAD").signed
-    assert not streaming_mode("STREAMING-AWS4-HMAC-SHA256-PAYLOAD").expect_trailer
-    assert streaming_mode("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER").expect_trailer
-    assert not streaming_mode("STREAMING-UNSIGNED-PAYLOAD-TRAILER").signed
-    assert streaming_mode("UNSIGNED-PAYLOAD") is None and streaming_mode(None) is None
-    assert streaming_mode(EMPTY_SHA256) is None
-    with pytest.raises(NotImplemented_):
-        streaming_mode("STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD")
-
-
-@pytest.mark.parametrize("value", ["", " 5", "+5", "1_0", "٥", "0x10", "5.0", str(2**63)])
-def test_decoded_length_header_is_strict(value):
-    with pytest.raises(InvalidArgument):
-        parse_decoded_length(value)
-
-
-def test_header_parsers():
-    assert parse_decoded_length("66560") == 66560 and parse_decoded_length(None) is None
+def test_trailer_names_header():
+    assert parse_trailer_names(None) == frozenset()
     assert parse_trailer_names("x-amz-checksum-crc32, X-Amz-Checksum-SHA256") == {
         "x-amz-checksum-crc32",
         "x-amz-checksum-sha256",
@@ -440,29 +427,6 @@ def test_stored_content_encoding_drops_aws_chunked():
     assert stored_content_encoding("aws-chunked, gzip") == "gzip"
     assert stored_content_encoding("gzip,AWS-CHUNKED,br") == "gzip, br"
     assert stored_content_encoding(None) is None
-
-
-def test_decoder_for_headers_needs_the_decoded_length():
-    assert decoder_for_headers({"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}, None) is None
-    with pytest.raises(InvalidRequest, match="x-amz-decoded-content-length"):
-        decoder_for_headers({"x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER"}, None)
-    with pytest.raises(InvalidRequest, match="TRAILER"):
-        decoder_for_headers(
-            {
-                "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-                "x-amz-decoded-content-length": "1",
-                "x-amz-trailer": "x-amz-checksum-crc32",
-            },
-            None,
-        )
-
-
-def test_decoder_for_headers_signed_example():
-    headers = {name.lower(): value for name, value in TRAILER["request"]["headers"]}
-    verifier = ExampleVerifier(TRAILER["seed_signature"])
-    decoder = decoder_for_headers(headers, verifier)
-    assert decode(decoder, example_body(TRAILER)) == _data(TRAILER["decoded_content"])
-    assert len(verifier.calls) == 4
 
 
 # -- the async shell ---------------------------------------------------------
