@@ -55,9 +55,9 @@ def data_files(data_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in (data_dir / "objects").glob("*/*")}
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    async with open_storage(tmp_path / "data") as opened:
+@pytest.fixture(params=[True, False], ids=["fsync", "nofsync"])  # two committer pipelines
+async def storage(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    async with open_storage(tmp_path / "data", fsync=request.param) as opened:
         await opened.create_bucket("b")
         yield opened
 
@@ -537,3 +537,35 @@ async def test_is_writable(storage: Storage) -> None:
     assert await storage.is_writable()
     await storage.aclose()
     assert not await storage.is_writable()
+
+
+async def test_a_refused_commit_does_not_sink_its_batch(storage: Storage) -> None:
+    """Writes to a bucket deleted under them fail at commit; the writes batched with them land."""
+    await storage.create_bucket("doomed")
+    gate = trio.Event()
+    started = [trio.Event() for _ in range(10)]
+    outcomes: dict[tuple[str, int], object] = {}
+
+    async def writer(bucket: str, n: int, started: trio.Event) -> None:
+        try:
+            outcomes[bucket, n] = await storage.write_object(
+                bucket, f"k{n}", gated_body(b"%d" % n, b"!", started, gate), offset=0
+            )
+        except NoSuchBucket as exc:
+            outcomes[bucket, n] = exc
+
+    async with trio.open_nursery() as nursery:
+        for n, event in enumerate(started):
+            nursery.start_soon(writer, "doomed" if n % 2 else "b", n, event)
+        with trio.fail_after(5):
+            for event in started:
+                await event.wait()
+        await storage.delete_bucket("doomed")
+        gate.set()
+    for (bucket, n), outcome in outcomes.items():
+        if bucket == "doomed":
+            assert isinstance(outcome, NoSuchBucket)
+        else:
+            assert isinstance(outcome, ObjectInfo) and await content(storage, f"k{n}") == b"%d!" % n
+    assert len(data_files(storage.data_dir)) == 5  # the refused ones left no files
+    assert storage._committer.batches < storage._committer.jobs  # they did share batches
