@@ -146,10 +146,13 @@ class PendingWrite:
     They are invisible until the index commits the new length; ``discard``
     puts the file back (truncate to ``base``, or remove a fresh file).
     ``fresh`` = the write makes a new data file (PUT, create-by-append), which
-    is only created when the first bytes (or the final ``finish``) arrive.
+    is only created when the first bytes (or ``finish_writing``) arrive; an
+    append writes through the object's open fd.
     """
 
     def __init__(self, files: DataFiles, file_id: str, fd: int | None, base: int, *, fresh: bool) -> None:
+        if not fresh and fd is None:
+            raise ValueError("an append needs the data file's open fd")
         self.files = files
         self.file_id = file_id
         self.fd = fd
