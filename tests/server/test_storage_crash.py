@@ -158,7 +158,9 @@ async def test_sigkill_mid_append_keeps_every_acknowledged_byte(tmp_path: Path) 
                 in_flight = await _follow_until_mid_append(process.stdout, committed)
         finally:
             process.kill()  # SIGKILL, while the storage holds an uncommitted body
-            await process.aclose()  # reaps it and closes the pipe
+            await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
         file_size = only_data_file(data_dir).stat().st_size
 
         async with open_storage(data_dir) as storage:
