@@ -7,7 +7,6 @@ pipe (``--log-level info --log-format json``), never by sleeping or polling:
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -178,6 +177,23 @@ async def test_resume_after_repeated_kill_9(launch, s3, bucket, tmp_path) -> Non
     final = await run_command(launch, *args)
     assert final.proc.returncode == 0, final.lines[-3:]
     assert [e for e in final.events() if e["event"] == "shipping"][0]["source_offset"] >= acknowledged
+    assert await get_object(s3, bucket, "big.log") == source.read_bytes()
+
+
+async def test_ctrl_c_finishes_the_append_in_flight_and_exits_130(launch, s3, bucket, tmp_path) -> None:
+    source = tmp_path / "big.log"
+    source.write_bytes(os.urandom(48 * MiB))
+    args = ["--batch-bytes", "1MiB", *LOGS, str(source), f"s3://{bucket}/big.log"]
+    running = await launch(*args)
+    await running.shipped(2 * MiB)
+    running.proc.send_signal(signal.SIGINT)
+    assert await running.finish() == 130
+    [hint] = running.messages()
+    assert "interrupted by SIGINT" in hint and "resume with the same command" in hint
+    last = [e for e in running.events() if e["event"] == "chunk_shipped"][-1]["object_length"]
+    stored = await get_object(s3, bucket, "big.log")
+    assert len(stored) == last < 48 * MiB and source.read_bytes().startswith(stored)  # stopped, nothing torn
+    assert (await run_command(launch, *args)).proc.returncode == 0
     assert await get_object(s3, bucket, "big.log") == source.read_bytes()
 
 

@@ -171,7 +171,7 @@ async def test_foreign_append_is_a_conflict_and_nothing_is_overwritten(server, s
         s3.put_object(Bucket=bucket, Key="k", Body=b"theirs\n", WriteOffsetBytes=5)
         with pytest.raises(ConflictError) as refused:
             await writer.append(b"more of ours\n")
-        assert (refused.value.expected, refused.value.actual) == ("5 or 18", 12)
+        assert refused.value.actual == 12  # ours (5) + theirs (7): not a length our append could make
         with pytest.raises(ConflictError):  # the writer stays stopped
             await writer.append(b"again\n")
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"ours\ntheirs\n"
