@@ -76,8 +76,11 @@ class Stopper:
                 self._idle.discard(scope)
 
 
-async def watch_signals(stopper: Stopper, work: trio.CancelScope) -> None:
+async def watch_signals(stopper: Stopper, work: trio.CancelScope, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """First Ctrl-C / SIGTERM: ``stopper.request``.  A second one, or STOP_GRACE later: cancel ``work``."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             stopper.request(signum)
             log.info("stop_requested", signal=signal.Signals(signum).name)

@@ -59,7 +59,6 @@ class Options:
         return f"s3://{self.bucket}/{self.key}"
 
 
-
 async def explain_forbidden(client: S3Client, opts: Options, exc: AuthError) -> AuthError:
     """A HEAD's 403 has no body; a 1-byte GET says which auth problem it is."""
     if exc.code != "Forbidden":
@@ -76,35 +75,47 @@ async def explain_forbidden(client: S3Client, opts: Options, exc: AuthError) -> 
 # -- where to resume ---------------------------------------------------------------
 
 
-def _gunzip_count(data: list[bytes], state: dict) -> None:
-    """Feed compressed bytes; count the output and keep its last VERIFY_WINDOW bytes (blocking)."""
-    for piece in data:
+class GzipMembersCounter:
+    """How many bytes a run of gzip members decompresses to, and the last
+    VERIFY_WINDOW of them, fed piece by piece with bounded output (blocking)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.tail = b""
+        self._member: zlib._Decompress | None = None  # the member being read, if one is open
+
+    @property
+    def inside_member(self) -> bool:
+        return self._member is not None
+
+    def feed(self, piece: bytes) -> None:
+        """Raises zlib.error if the bytes are not gzip members."""
         while piece:
-            d = state.setdefault("d", zlib.decompressobj(wbits=31))
-            out = d.decompress(piece, 4 * MiB)
-            state["count"] += len(out)
-            state["tail"] = (state["tail"] + out)[-VERIFY_WINDOW:]
-            if d.eof:
-                piece = d.unused_data
-                del state["d"]
+            if self._member is None:
+                self._member = zlib.decompressobj(wbits=31)  # 16 + 15: gzip framing, 32 KiB window
+            out = self._member.decompress(piece, 4 * MiB)
+            self.count += len(out)
+            self.tail = (self.tail + out)[-VERIFY_WINDOW:]
+            if self._member.eof:
+                piece, self._member = self._member.unused_data, None
             else:
-                piece = d.unconsumed_tail
+                piece = self._member.unconsumed_tail
 
 
 async def uncompressed_end(client: S3Client, opts: Options, length: int) -> tuple[int, bytes]:
     """For --compress gzip: how many SOURCE bytes the object's gzip members hold, and their tail."""
-    state: dict = {"count": 0, "tail": b""}
+    counter = GzipMembersCounter()
     for start in range(0, length, 8 * MiB):
         end = min(start + 8 * MiB, length) - 1
         piece = await call_with_retry(lambda: client.get_object(opts.bucket, opts.key, (start, end)), ONE_SHOT_RETRY)
         try:
-            await trio.to_thread.run_sync(_gunzip_count, [piece], state)
+            await trio.to_thread.run_sync(counter.feed, piece)
         except zlib.error as exc:
             raise Failure(f"{opts.url} holds {length} bytes that are not gzip members ({exc}); "
                           "refusing to append (delete the object or choose another key)") from exc
-    if "d" in state:
+    if counter.inside_member:
         raise Failure(f"{opts.url} ends inside a gzip member; refusing to append onto it")
-    return state["count"], state["tail"]
+    return counter.count, counter.tail
 
 
 async def resume_point(client: S3Client, writer: ObjectWriter, opts: Options, source: Source) -> int:

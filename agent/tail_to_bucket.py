@@ -49,7 +49,12 @@ PROG = "tail-to-bucket"
 EXIT_FAILED, EXIT_USAGE = 1, 2
 MAX_BATCH = 1 << 30
 FOLLOW_RETRY = RetryPolicy(base=0.2, cap=2.0, max_attempts=None, max_elapsed=math.inf)  # the file is the buffer
-_DIRECTORY_BUCKET = re.compile(r".+--[a-z0-9-]+--x-s3")
+_DIRECTORY_BUCKET = re.compile(r".+--[a-z0-9-]+--x-s3")  # S3 Express One Zone: NAME--AZID--x-s3
+
+
+def is_directory_bucket(bucket: str) -> bool:
+    """Directory buckets authorise object requests with CreateSession keys."""
+    return bool(_DIRECTORY_BUCKET.fullmatch(bucket))
 
 EXAMPLES = """\
 examples:
@@ -73,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Ship a file (or stdin) into an S3 object by appending, exactly once.")
+                description="Ship a file (or stdin) into an S3 object by appending, exactly once.")
     p.add_argument("source", metavar="SOURCE", help="file to ship, or - for stdin")
     p.add_argument("destination", metavar="s3://BUCKET/KEY")
     p.add_argument("-f", "--follow", action="store_true", help="keep shipping new lines, like tail -F")
@@ -128,7 +133,7 @@ async def open_s3(opts: Options) -> AsyncIterator[tuple[S3Client, S3Client]]:
     """(object client, bucket client): the second signs with the long-term keys
     (CreateBucket); for a directory bucket the first signs with session keys."""
     cfg = resolve_config(os.environ, region=opts.region, endpoint_url=opts.endpoint_url, profile=opts.profile)
-    express = bool(_DIRECTORY_BUCKET.fullmatch(opts.bucket))
+    express = is_directory_bucket(opts.bucket)
     if cfg.endpoint_url:
         endpoint = Endpoint.parse(cfg.endpoint_url)
     else:
@@ -163,37 +168,16 @@ class Status:
 
 
 async def run(opts: Options, status: Status) -> int:
+    """Ship; return 0, or 128 + the signal that stopped it.  Failures raise."""
     stopper, work = Stopper(), trio.CancelScope()
     source = Source(opts)
     codec: Codec = GzipMembers() if opts.compress == "gzip" else Identity()
     try:
-        async with open_s3(opts) as (client, admin), trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, stopper, work)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_signals, stopper, work)
             with work:
-                if opts.create_bucket:
-                    status.phase = "creating the bucket"
-                    await admin.create_bucket(opts.bucket)
-                writer = ObjectWriter(client, opts.bucket, opts.key, retry=ONE_SHOT_RETRY,
-                                      s3express=bool(_DIRECTORY_BUCKET.fullmatch(opts.bucket)))
-                status.phase = "checking the object"
-                start = await resume_point(client, writer, opts, source)
-                total = None if opts.follow or source.size is None else source.size
-                progress = ProgressBar(sys.stderr, total, start=start, enabled=sys.stderr.isatty() and not opts.quiet)
-                shipper = status.shipper = Shipper(opts, writer, progress, stopper, start)
-                status.phase = "appending"
-                log.info("shipping", object=opts.url, source=opts.source, source_offset=start, total=total)
-                try:
-                    if opts.follow:
-                        writer.retry = FOLLOW_RETRY
-                        await follow_file(shipper, source, codec)
-                    elif source.size is None:
-                        await ship_stdin(shipper, source, codec)
-                    else:
-                        await ship_file(shipper, source, codec)
-                        if writer.offset == 0:  # an empty SOURCE still makes an (empty) object
-                            await client.append(opts.bucket, opts.key, 0, b"")
-                finally:
-                    progress.close()
+                async with open_s3(opts) as (client, admin):
+                    await ship(opts, status, client, admin, source, codec, stopper)
             nursery.cancel_scope.cancel()
     finally:
         source.close()
@@ -201,6 +185,34 @@ async def run(opts: Options, status: Status) -> int:
         return 128 + stopper.signum
     log.info("shipped", object=opts.url, source_offset=status.shipper.shipped if status.shipper else 0)
     return 0
+
+
+async def ship(opts: Options, status: Status, client: S3Client, admin: S3Client, source: Source, codec: Codec,
+               stopper: Stopper) -> None:
+    """Check the object, then ship in the mode the options ask for; ``status`` says where it got."""
+    if opts.create_bucket:
+        status.phase = "creating the bucket"
+        await admin.create_bucket(opts.bucket)
+    writer = ObjectWriter(client, opts.bucket, opts.key, retry=ONE_SHOT_RETRY, s3express=is_directory_bucket(opts.bucket))
+    status.phase = "checking the object"
+    start = await resume_point(client, writer, opts, source)
+    total = None if opts.follow or source.size is None else source.size
+    progress = ProgressBar(sys.stderr, total, start=start, enabled=sys.stderr.isatty() and not opts.quiet)
+    shipper = status.shipper = Shipper(opts, writer, progress, stopper, start)
+    status.phase = "appending"
+    log.info("shipping", object=opts.url, source=opts.source, source_offset=start, total=total)
+    try:
+        if opts.follow:
+            writer.retry = FOLLOW_RETRY
+            await follow_file(shipper, source, codec)
+        elif source.size is None:
+            await ship_stdin(shipper, source, codec)
+        else:
+            await ship_file(shipper, source, codec)
+            if writer.offset == 0:  # an empty SOURCE still makes an (empty) object
+                await client.append(opts.bucket, opts.key, 0, b"")
+    finally:
+        progress.close()
 
 
 def describe(exc: BaseException, opts: Options, status: Status) -> str:
@@ -235,7 +247,8 @@ def _leaf(exc: BaseException) -> BaseException:
 def interrupted_hint(opts: Options, status: Status, signum: int) -> str:
     shipped = status.shipper.shipped if status.shipper else 0
     name = signal.Signals(signum).name
-    return f"{PROG}: interrupted by {name} after {shipped} bytes of {opts.source}; resume with the same command"
+    return (f"{PROG}: interrupted by {name}: {opts.url} holds the first {shipped} bytes of {opts.source}; "
+            "resume with the same command")
 
 
 def main(argv: list[str] | None = None) -> int:

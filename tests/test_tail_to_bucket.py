@@ -7,7 +7,9 @@ pipe (``--log-level info --log-format json``), never by sleeping or polling:
 
 from __future__ import annotations
 
+import gzip
 import io
+import zlib
 import json
 import os
 import signal
@@ -20,6 +22,7 @@ import pytest
 import trio
 
 from agent.progress import ProgressBar, RateMeter, human_bytes, human_duration, render
+from agent.tail_source import VERIFY_WINDOW, GzipMembersCounter
 from tests.support import REPO, client_env
 
 MiB = 1024 * 1024
@@ -435,3 +438,21 @@ def test_progress_bar_is_throttled_and_silent_when_disabled() -> None:
     silent.update(50)
     silent.close()
     assert quiet.getvalue() == ""
+
+
+# -- counting SOURCE bytes in gzip members (pure) -------------------------------------
+
+
+def test_gzip_members_counter_counts_and_keeps_the_tail() -> None:
+    data = os.urandom(100_000) + b"x" * 5_000_000  # the second member expands a lot: output is bounded per step
+    blob = gzip.compress(data[:3000], mtime=0) + gzip.compress(data[3000:], mtime=0) + gzip.compress(b"end\n", mtime=0)
+    counter = GzipMembersCounter()
+    for i in range(0, len(blob), 7777):
+        counter.feed(blob[i : i + 7777])
+    assert counter.count == len(data) + 4 and not counter.inside_member
+    assert counter.tail == (data + b"end\n")[-VERIFY_WINDOW:]
+    torn = GzipMembersCounter()
+    torn.feed(blob[:-5])
+    assert torn.inside_member
+    with pytest.raises(zlib.error):
+        GzipMembersCounter().feed(b"plain text, not gzip")
