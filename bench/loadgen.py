@@ -31,7 +31,7 @@ class Result:
         return self.requests / self.seconds
 
 
-def signed_request(method: str, host: str, path: str, *, headers: dict[str, str], body: bytes = b"",
+def signed_request(method: str, host: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
                    body_length: int | None = None, access_key: str, secret: str, region: str = "us-east-1",
                    payload: str | None = None, now: float | None = None) -> bytes:
     """The bytes of one SigV4-signed HTTP/1.1 request head (plus ``body`` when given)."""
@@ -39,7 +39,7 @@ def signed_request(method: str, host: str, path: str, *, headers: dict[str, str]
     payload = payload or __import__("hashlib").sha256(body).hexdigest()
     length = len(body) if body_length is None else body_length
     all_headers = [("host", host), ("x-amz-date", amz_date), ("x-amz-content-sha256", payload),
-                   ("content-length", str(length)), *((k.lower(), v) for k, v in headers.items())]
+                   ("content-length", str(length)), *((k.lower(), v) for k, v in (headers or {}).items())]
     authz = sigv4.authorization_header(method, path, "", all_headers, [n for n, _ in all_headers], payload,
                                        amz_date=amz_date, access_key_id=access_key, secret=secret, region=region)
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in all_headers)

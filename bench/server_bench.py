@@ -51,8 +51,16 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def measure(per_conn: int = 1500, large_count: int = 8, rss_gib: int = 2) -> list[tuple[str, str, str, str]]:
-    rows = []
     bare, bare_port = start_bare()
+    try:
+        return _measure(bare_port, per_conn, large_count, rss_gib)
+    finally:
+        bare.terminate()
+        bare.wait()
+
+
+def _measure(bare_port: int, per_conn: int, large_count: int, rss_gib: int) -> list[tuple[str, str, str, str]]:
+    rows = []
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
         server = ServerProcess(Path(tmp) / "data").start()
         try:
@@ -104,6 +112,4 @@ def measure(per_conn: int = 1500, large_count: int = 8, rss_gib: int = 2) -> lis
                          "target < 150 MiB"))
         finally:
             server.stop()
-    bare.terminate()
-    bare.wait()
     return rows
