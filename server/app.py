@@ -85,7 +85,7 @@ class S3App:
         return bucket, key or None
 
     def route(self, method: str, bucket: str | None, key: str | None, query: dict[str, str]) -> tuple[Operation, str]:
-        unsupported = SUBRESOURCES.intersection(query)
+        unsupported = set(SUBRESOURCES.intersection(query))
         if bucket is None:
             table = {"GET": (buckets.list_buckets, "ListBuckets")}
         elif key is None:

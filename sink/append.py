@@ -190,9 +190,9 @@ class ObjectWriter:
         size = len(body)
         await self._announce(size)
         backoff = self.retry.start(trio.current_time(), self.rand)
+        ambiguous = False  # has an attempt of this body gone unanswered (so it may have landed)?
         while True:
             self.pending = size
-            reconcile_first = False
             try:
                 ack = await self.client.append(self.bucket, self.key, self._length, body, checksum=self.checksum)
             except TooManyAppends:
@@ -206,6 +206,8 @@ class ObjectWriter:
                 if exc.code == "NoSuchBucket":
                     self.pending = None
                     raise
+                if not ambiguous:
+                    await self._refused_at_offset(exc)  # raises: our body cannot be there
                 if await self._reconcile(size) is Reconciled.LANDED:
                     return self._length
                 if exc.code == "InvalidArgument":
@@ -215,7 +217,7 @@ class ObjectWriter:
                 if not is_retriable(exc):
                     self.pending = None  # a definite refusal: nothing was written
                     raise
-                error, reconcile_first = exc, True
+                error, ambiguous = exc, True
             else:
                 return self._accept(ack, size)
             delay = backoff.next_delay(trio.current_time())
@@ -225,8 +227,21 @@ class ObjectWriter:
             log.info("append_retry", bucket=self.bucket, key=self.key, offset=self.offset, delay=round(delay, 3), error=str(error))
             await trio.sleep(delay)
             # After no answer or a 5xx the body may have landed: look before sending it again.
-            if reconcile_first and await self._reconcile(size) is Reconciled.LANDED:
-                return self._length
+            if ambiguous:
+                if await self._reconcile(size) is Reconciled.LANDED:
+                    return self._length
+                ambiguous = False
+
+    async def _refused_at_offset(self, exc: Exception) -> None:
+        """Every attempt of this body was answered, so none landed: a length other than
+        ours means another writer (a length-only reconcile would mistake a foreign
+        append of the same size for ours)."""
+        self.pending = None
+        state = await self._head(self.key)
+        actual = 0 if state is None else state.size
+        if actual == self._length:
+            raise exc  # the offset was right: the refusal was about something else
+        raise self._fail("another writer touched the object, or it was replaced", self._length, actual)
 
     def _accept(self, ack: AppendAck, size: int) -> int:
         expected = self._length + size

@@ -196,6 +196,7 @@ class _SessionAuth(httpx.Auth):
         unsigned = request.headers.copy()
         grant = await self.sessions.credentials(self.bucket)
         response = yield self.sessions.sign(request, grant)
+        await response.aread()  # httpx reads the body for us only in the base class's flow
         if _session_refused(response):
             log.info("session_refused", bucket=self.bucket, status=response.status_code)
             self.sessions.invalidate(self.bucket, grant)

@@ -99,11 +99,21 @@ async def test_foreign_append_racing_our_request_is_a_conflict(autojump_clock: t
     writer = writer_for(fake)
     await writer.append(b"ab")
     fake.inject(Fault.FOREIGN_APPEND)
-    # The foreign write lands first; ours is refused; HEAD finds 2 + 2, neither 2 nor 2 + 3.
-    # (A foreign write of exactly our length would look like ours: lengths are all the contract has.)
-    with pytest.raises(ConflictError, match=r"expected length 2 or 5, found 4"):
+    # The foreign write lands first; ours is refused, so it cannot be there: HEAD finds 4, not 2.
+    with pytest.raises(ConflictError, match=r"expected length 2, found 4"):
         await writer.append(b"abc")
     assert fake.object_bytes(BUCKET, "host/app.log") == b"abXY"
+
+
+async def test_foreign_append_of_our_size_is_not_taken_for_ours(autojump_clock: trio.testing.MockClock) -> None:
+    fake = new_fake(foreign_bytes=b"XYZ")
+    writer = writer_for(fake)
+    await writer.append(b"ab")
+    fake.inject(Fault.FOREIGN_APPEND)
+    # Every attempt was answered, so the mismatch proves ours did not land, whatever the length says.
+    with pytest.raises(ConflictError, match=r"expected length 2, found 5"):
+        await writer.append(b"abc")
+    assert fake.object_bytes(BUCKET, "host/app.log") == b"abXYZ"
 
 
 async def test_deleted_object_is_a_conflict(autojump_clock: trio.testing.MockClock) -> None:
