@@ -25,6 +25,7 @@ from server.config import ConfigError, Credentials, ServerConfig, load_config, p
 from server.http import HTTPConfig, HTTPServer
 from server.storage import Storage
 from sink.logs import configure_logging
+from sink.systemd import Notifier
 
 log = structlog.get_logger("tailbucket.server")
 
@@ -96,18 +97,29 @@ async def serve(config: ServerConfig, creds: Credentials, *, task_status=trio.TA
     storage = await Storage.open(config.data_dir, fsync=config.fsync)
     try:
         server = HTTPServer(S3App(storage, config, RootKeys(creds)), http_config)
+        systemd = Notifier()
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, *config.listen)
             log.info("listening", address=f"{host}:{port}", data_dir=str(config.data_dir), fsync=config.fsync)
+            systemd.ready(f"serving S3 on {host}:{port}, data in {config.data_dir}")
+            watchdog = trio.CancelScope()
+            nursery.start_soon(_run_in, watchdog, systemd.run_watchdog)
             task_status.started((host, port))
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("stopping", signal=signal.Signals(signum).name)
+                    systemd.stopping()
                     server.shutdown()
                     break
+            watchdog.cancel()
     finally:
         await storage.aclose()
         log.info("stopped")
+
+
+async def _run_in(scope: trio.CancelScope, fn) -> None:
+    with scope:
+        await fn()
 
 
 def main(argv: list[str] | None = None) -> int:
