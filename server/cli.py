@@ -23,6 +23,7 @@ import trio
 from server.app import S3App
 from server.config import ConfigError, Credentials, ServerConfig, load_config, parse_listen, with_overrides
 from server.http import HTTPConfig, HTTPServer
+from server.policy import ROOT_GRANTS, AccessKey, Keyring
 from server.storage import Storage
 from sink.logs import configure_logging
 from sink.systemd import Notifier
@@ -34,14 +35,12 @@ CREDENTIALS_FILE = "credentials.json"
 OTHER_COMMANDS = {"agent": "agent.cli", "validate": "agent.cli"}
 
 
-class RootKeys:
-    """The keyring of this step: one root key pair (access control comes with its own issue)."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        self._secrets = {credentials.access_key: credentials.secret_key}
-
-    def secret_for(self, access_key_id: str) -> str | None:
-        return self._secrets.get(access_key_id)
+def build_keyring(config: ServerConfig, root: Credentials) -> Keyring:
+    """The root key pair (admin on everything) and the config's ``keys``."""
+    for i, key in enumerate(config.keys):
+        if key.access_key == root.access_key:
+            raise ConfigError(f"keys[{i}].access_key: {key.access_key!r} is the root access key")
+    return Keyring([AccessKey(root.access_key, root.secret_key, ROOT_GRANTS), *config.keys])
 
 
 def resolve_credentials(config: ServerConfig, env: dict[str, str]) -> tuple[Credentials, str]:
@@ -96,7 +95,7 @@ async def serve(config: ServerConfig, creds: Credentials, *, task_status=trio.TA
         raise ConfigError(f"http: {exc}") from None
     storage = await Storage.open(config.data_dir, fsync=config.fsync)
     try:
-        server = HTTPServer(S3App(storage, config, RootKeys(creds)), http_config)
+        server = HTTPServer(S3App(storage, config, build_keyring(config, creds)), http_config)
         systemd = Notifier()
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, *config.listen)

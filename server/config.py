@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from server.policy import BUCKET_ROLES, AccessKey, Grant, Role
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -36,6 +38,14 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Observability:
+    """``observability:``: who may scrape /_tailbucket/metrics, and how fresh the storage gauges are."""
+
+    require_auth: bool = False  # True: metrics need a signed request by an admin (all buckets) or a `metrics` key
+    stats_cache_seconds: float = 5 * SECONDS  # objects/bytes stored are counted at most this often
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: tuple[str, int] = DEFAULT_LISTEN
     data_dir: Path = Path("data")
@@ -49,6 +59,8 @@ class ServerConfig:
     http: Mapping[str, Any] = field(default_factory=dict)  # HTTPConfig fields, validated by the CLI
     log_format: str = "auto"
     log_level: str = "info"
+    keys: tuple[AccessKey, ...] = ()  # besides the root credentials (admin on everything)
+    observability: Observability = Observability()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -93,7 +105,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig
     """Build a ServerConfig from a parsed YAML mapping (pure: no file access)."""
     raw = _expect(raw or {}, dict, "(top level)")
     _refuse_unknown(raw, {"listen", "data_dir", "region", "credentials", "fsync", "max_appends",
-                          "virtual_host_domains", "http", "log"}, "")
+                          "virtual_host_domains", "http", "log", "keys", "observability"}, "")
     values: dict[str, Any] = {}
     if "listen" in raw:
         values["listen"] = parse_listen(expand_env(str(raw["listen"]), env, "listen"))
@@ -133,7 +145,73 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig
             raise ConfigError(f"log.format: must be auto, json or console, not {fmt!r}")
         values["log_format"] = fmt
         values["log_level"] = log.get("level", "info")
+    if "keys" in raw:
+        values["keys"] = parse_keys(raw["keys"], env)
+    if "observability" in raw:
+        values["observability"] = parse_observability(raw["observability"])
     return ServerConfig(**values)
+
+
+def parse_keys(raw: Any, env: Mapping[str, str]) -> tuple[AccessKey, ...]:
+    """``keys:``: access keys with ``${ENV}``-expandable secrets, each with its grants."""
+    keys: list[AccessKey] = []
+    seen: set[str] = set()
+    for i, item in enumerate(_expect(raw, list, "keys")):
+        where = f"keys[{i}]"
+        item = _expect(item, dict, where)
+        _refuse_unknown(item, {"access_key", "secret_key", "grants"}, where)
+        for required in ("access_key", "secret_key", "grants"):
+            if required not in item:
+                raise ConfigError(f"{where}.{required}: required")
+        access_key = expand_env(_expect(item["access_key"], str, f"{where}.access_key"), env, f"{where}.access_key")
+        secret_key = expand_env(_expect(item["secret_key"], str, f"{where}.secret_key"), env, f"{where}.secret_key")
+        if not access_key:
+            raise ConfigError(f"{where}.access_key: must not be empty")
+        if not secret_key:
+            raise ConfigError(f"{where}.secret_key: must not be empty")
+        if access_key in seen:
+            raise ConfigError(f"{where}.access_key: {access_key!r} is configured twice")
+        seen.add(access_key)
+        grants = _expect(item["grants"], list, f"{where}.grants")
+        if not grants:
+            raise ConfigError(f"{where}.grants: a key needs at least one grant")
+        parsed = tuple(_parse_grant(g, f"{where}.grants[{j}]") for j, g in enumerate(grants))
+        keys.append(AccessKey(access_key, secret_key, parsed))
+    return tuple(keys)
+
+
+def _parse_grant(raw: Any, where: str) -> Grant:
+    raw = _expect(raw, dict, where)
+    _refuse_unknown(raw, {"role", "bucket", "prefix"}, where)
+    names = [r.value for r in (*BUCKET_ROLES, Role.METRICS)]
+    if raw.get("role") not in names:
+        raise ConfigError(f"{where}.role: must be one of {', '.join(names)}, not {raw.get('role')!r}")
+    role = Role(raw["role"])
+    bucket = _expect(raw["bucket"], str, f"{where}.bucket") if "bucket" in raw else None
+    prefix = _expect(raw["prefix"], str, f"{where}.prefix") if "prefix" in raw else ""
+    if bucket is not None and (not bucket or "/" in bucket):
+        raise ConfigError(f"{where}.bucket: {bucket!r} is not a bucket name")
+    if role is Role.METRICS and (bucket is not None or prefix):
+        raise ConfigError(f"{where}: a metrics grant has no bucket or prefix")
+    if prefix and bucket is None:
+        raise ConfigError(f"{where}.prefix: a prefix needs a bucket")
+    if prefix and role is Role.ADMIN:
+        raise ConfigError(f"{where}.prefix: admin grants cover whole buckets")
+    return Grant(role, bucket, prefix)
+
+
+def parse_observability(raw: Any) -> Observability:
+    raw = _expect(raw, dict, "observability")
+    _refuse_unknown(raw, {"require_auth", "stats_cache_seconds"}, "observability")
+    values: dict[str, Any] = {}
+    if "require_auth" in raw:
+        values["require_auth"] = _expect(raw["require_auth"], bool, "observability.require_auth")
+    if "stats_cache_seconds" in raw:
+        ttl = _expect(raw["stats_cache_seconds"], (int, float), "observability.stats_cache_seconds")
+        if isinstance(ttl, bool) or ttl < 0:
+            raise ConfigError(f"observability.stats_cache_seconds: must be a number >= 0, got {ttl!r}")
+        values["stats_cache_seconds"] = float(ttl)
+    return Observability(**values)
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> ServerConfig:
