@@ -98,3 +98,15 @@ def test_curl_aws_sigv4_append(server, s3, bucket, tmp_path):
     assert s3.get_object(Bucket=bucket, Key="key")["Body"].read() == b"x" * 1024 + b"appended by curl\n"
     again = subprocess.run(cmd, capture_output=True, timeout=30)
     assert again.returncode != 0 and b"<Code>InvalidArgument</Code>" in again.stdout
+
+
+def test_virtual_host_style_addressing(server, http, bucket):
+    host = f"{bucket}.localhost:{server.port}"
+    put = http.put(f"{server.url}/vh/app.log", content=b"via the host\n", headers={"host": host})
+    assert put.status_code == 200, put.text
+    appended = http.put(f"{server.url}/vh/app.log", content=b"more\n",
+                        headers={"host": host, "x-amz-write-offset-bytes": "13"})
+    assert appended.status_code == 200, appended.text
+    assert http.get(f"/{bucket}/vh/app.log").content == b"via the host\nmore\n"  # the same object, path-style
+    listing = http.get(f"{server.url}/?list-type=2", headers={"host": host})
+    assert listing.status_code == 200 and b"<Key>vh/app.log</Key>" in listing.content
