@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import structlog
 
 from server import buckets, objects, xml
+from server.access import AccessControl
 from server.auth import authenticate
 from server.config import ServerConfig
 from server.context import Context
@@ -26,6 +27,8 @@ from server.errors import (
     S3Error,
 )
 from server.http import Request, Response
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics
+from server.policy import Keyring
 from server.sessions import SessionStore, create_session
 from server.storage import Storage
 
@@ -58,9 +61,11 @@ def parse_query(raw: str) -> dict[str, str]:
 class S3App:
     """The request handler given to ``HTTPServer``."""
 
-    def __init__(self, storage: Storage, config: ServerConfig, keys: object) -> None:
+    def __init__(self, storage: Storage, config: ServerConfig, keys: Keyring) -> None:
         self.storage, self.config, self.keys = storage, config, keys
         self.sessions = SessionStore()
+        self.access = AccessControl(keys, self.sessions)
+        self.metrics = ServerMetrics(stats_cache_seconds=config.observability.stats_cache_seconds)
 
     def __repr__(self) -> str:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
@@ -139,6 +144,7 @@ class S3App:
                     now=time.time(), region=self.config.region, sessions=self.sessions.lookup,
                 )
                 handler, operation = self.route(request.method, bucket, key, query)
+                handler = self.access.guard(handler, operation, auth, request, bucket, key, query)
                 ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)
                 response = await handler(ctx)
         except S3Error as exc:
@@ -147,6 +153,11 @@ class S3App:
             log.exception("internal_error", method=request.method, path=request.path, request_id=request.request_id)
             response = self._error(request, InternalError(), bucket, key)
         response.headers.append(("x-amz-request-id", request.request_id))
+        bytes_in = request.body.content_length or 0
+        bytes_out = next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0)
+        seconds = time.perf_counter() - started
+        appending = operation == "PutObject" and request.header(objects.WRITE_OFFSET) is not None
+        self.metrics.observe(operation, response.status, bytes_in=bytes_in, bytes_out=bytes_out, seconds=seconds, appending=appending)
         log.info(
             "request",
             method=request.method,
@@ -154,9 +165,9 @@ class S3App:
             bucket=bucket,
             key=key,
             status=response.status,
-            bytes_in=request.body.content_length or 0,
-            bytes_out=next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration_ms=round(seconds * 1000, 3),
             request_id=request.request_id,
         )
         return response
@@ -181,4 +192,12 @@ class S3App:
         if name == "ready":
             ready = await self.storage.is_writable() if hasattr(self.storage, "is_writable") else True
             return Response(200 if ready else 503, [("content-type", "text/plain")], b"ready\n" if ready else b"not ready\n")
+        if name == "metrics" and request.method == "GET":
+            if self.config.observability.require_auth:
+                auth = authenticate(
+                    request.method, request.path, request.query, request.headers, self.keys,
+                    now=time.time(), region=self.config.region, sessions=self.sessions.lookup,
+                )
+                self.access.check_metrics(auth)
+            return Response(200, [("content-type", METRICS_CONTENT_TYPE)], await self.metrics.render(self.storage.stats))
         raise NotImplemented_(f"No internal endpoint {request.path!r}.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from server import checksums
 from server.context import Context
@@ -47,7 +47,13 @@ def _headers_of(ctx: Context, names: tuple[str, ...]) -> dict[str, str]:
     return {name: value for name, value in ctx.request.headers if name in names}
 
 
-async def put_object(ctx: Context) -> Response:
+def _anyone(existing: ObjectInfo | None) -> None:
+    return None
+
+
+async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | None], None] = _anyone) -> Response:
+    """``authorize_write`` sees the object as it is under its lock (None: missing) and may refuse
+    (an ``append`` key must not overwrite, ``server.access``); nothing is read or written before."""
     request = ctx.request
     if request.header("x-amz-copy-source") is not None:
         raise NotImplemented_("CopyObject is not implemented yet.")
@@ -63,6 +69,7 @@ async def put_object(ctx: Context) -> Response:
     payload = Payload(request, ctx.auth, max_body=ctx.config.max_body)
 
     def check_existing(existing: ObjectInfo | None) -> None:
+        authorize_write(existing)
         if offset is None or existing is None:
             return
         if any(name in existing.system for name in SSE_HEADERS):
