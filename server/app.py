@@ -152,7 +152,8 @@ class S3App:
         except Exception:
             log.exception("internal_error", method=request.method, path=request.path, request_id=request.request_id)
             response = self._error(request, InternalError(), bucket, key)
-        response.headers.append(("x-amz-request-id", request.request_id))
+        # A new list: handlers may answer with a shared one (buckets.XML_TYPE), which must not grow per request.
+        response.headers = [*response.headers, ("x-amz-request-id", request.request_id)]
         bytes_in = request.body.content_length or 0
         bytes_out = next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0)
         seconds = time.perf_counter() - started
