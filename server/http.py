@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import errno
 import random
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,15 @@ class ShutdownSignal:
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_date_cache: list = [0, b""]
+_date_cache: list = [0, b"", ""]
+
+# Headers h11 must see to frame the response (and to know whether the connection
+# stays open); every other header is rendered here, in one pass.
+_FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
+# The same grammar h11 enforces on header names and values (its _abnf.py: token;
+# field-content without NUL or line breaks, inner runs of SP/HTAB), as one
+# pattern over a whole rendered block: one regex call per response, not two per header.
+_HEADER_BLOCK = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*")
 
 
 def http_date() -> bytes:
@@ -170,7 +179,8 @@ def http_date() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
         _date_cache[0] = now
-        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
+        _date_cache[2] = email.utils.formatdate(now, usegmt=True)
+        _date_cache[1] = _date_cache[2].encode()
     return _date_cache[1]
 
 
@@ -183,30 +193,60 @@ def plain_response(status: int, text: str) -> Response:
     return Response(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
 
 
-def response_head(response: Response, *, close: bool) -> h11.Response:
-    """The h11 head for ``response``: adds Date, Server, and the Content-Length of a bytes body."""
+def response_head(response: Response, *, close: bool) -> tuple[h11.Response, bytes]:
+    """The response head in two parts: an h11 event with the status and framing
+    headers (h11 frames the body and tracks the exchange), and every other header
+    rendered as wire lines, with Date and Server added.
+
+    The connection sends h11's bytes for the event with these lines spliced in
+    before its final blank line.  Raises h11.LocalProtocolError for a header
+    name or value h11 itself would refuse.
+    """
     status = response.status
-    headers = []
+    framing = []
+    lines = []
     seen_date = seen_server = seen_length = False
     for name, value in response.headers:
         lname = name.lower()
+        if lname in _FRAMING:
+            framing.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
+            seen_length = seen_length or lname == "content-length"
+            continue
         if lname == "date":
             seen_date = True
         elif lname == "server":
             seen_server = True
-        elif lname == "content-length":
-            seen_length = True
-        headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
+        lines.append(f"{name}: {value}\r\n")
     if not seen_date:
-        headers.append((b"date", http_date()))
+        http_date()
+        lines.append(f"date: {_date_cache[2]}\r\n")
     if not seen_server:
-        headers.append((b"server", b"tailbucket"))
-    if not seen_length and isinstance(response.body, (bytes, bytearray, memoryview)) \
-            and status not in (204, 304) and status >= 200:
-        headers.append((b"content-length", str(len(response.body)).encode()))
+        lines.append("server: tailbucket\r\n")
+    block = "".join(lines).encode("utf-8", "surrogateescape")
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        raise h11.LocalProtocolError(f"illegal response header in {block!r}")
+    body = response.body
+    if not seen_length and isinstance(body, (bytes, bytearray, memoryview)) and status not in (204, 304) and status >= 200:
+        framing.append((b"content-length", str(len(body)).encode()))
     if close:
-        headers.append((b"connection", b"close"))
-    return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+        framing.append((b"connection", b"close"))
+    return _framing_event(status, tuple(framing)), block
+
+
+_framing_events: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], h11.Response] = {}
+
+
+def _framing_event(status: int, framing: tuple[tuple[bytes, bytes], ...]) -> h11.Response:
+    """h11's Response for a status and framing headers, built (and validated) once:
+    h11 events are immutable, and most responses share a few (200 with no body...)."""
+    key = (status, framing)
+    event = _framing_events.get(key)
+    if event is None:
+        event = h11.Response(status_code=status, headers=list(framing), reason=_REASONS.get(status, b""))
+        if len(_framing_events) >= 1024:  # bodies of many lengths: keep the table small
+            _framing_events.clear()
+        _framing_events[key] = event
+    return event
 
 
 # accept() errors that mean "out of resources right now": back off and retry,

@@ -29,6 +29,14 @@ from server.http import (
 
 log = structlog.get_logger()
 
+_END = h11.EndOfMessage()  # immutable: one instance serves every response
+
+
+def _splice(head: bytes, lines: bytes) -> bytes:
+    """h11's head (status line, framing headers, blank line) with the other header lines before the blank line."""
+    return head[:-2] + lines + b"\r\n"
+
+
 def _head_size(event: h11.Request) -> int:
     """The request head's size on the wire, give or take the request line's spaces."""
     return len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
@@ -258,27 +266,27 @@ class HTTPConnection:
         given_body = response.body
         try:
             try:
-                head = response_head(response, close=close)
+                head, lines = response_head(response, close=close)
             except (h11.LocalProtocolError, UnicodeEncodeError, TypeError, ValueError, AttributeError):
-                # A handler bug caught before anything is sent (h11 validates header names and values).
+                # A handler bug caught before anything is sent (header names and values are validated).
                 log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
                 response = plain_response(500, "Internal Server Error\n")
-                head = response_head(response, close=close)
+                head, lines = response_head(response, close=close)
             body = response.body
             streamed = not isinstance(body, (bytes, bytearray, memoryview))
             try:
-                out = conn.send(head)
+                out = _splice(conn.send(head), lines)
                 if not streamed:
                     if body and not head_only and response.status not in (204, 304):
                         out += conn.send(h11.Data(data=body))
-                    out += conn.send(h11.EndOfMessage())
+                    out += conn.send(_END)
             except h11.LocalProtocolError:  # e.g. a body longer than its Content-Length
                 log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
                 raise ConnectionLost("invalid response") from None
             if not streamed:
                 await self._send(out)
             elif head_only:
-                await self._send(out + conn.send(h11.EndOfMessage()))
+                await self._send(out + conn.send(_END))
             else:
                 await self._send_stream(out, body)  # type: ignore[arg-type]
         finally:
@@ -303,7 +311,7 @@ class HTTPConnection:
                     await self._send(pending)
                     pending = b""
                 await self._send(data)
-            await self._send(pending + conn.send(h11.EndOfMessage()))
+            await self._send(pending + conn.send(_END))
         except (ConnectionLost, trio.Cancelled):
             raise
         except h11.LocalProtocolError as exc:
@@ -339,8 +347,8 @@ class HTTPConnection:
     def _encode(self, response: Response, *, close: bool) -> bytes:
         """A whole bytes response, for answers that never reached a handler."""
         conn = self.conn
-        return conn.send(response_head(response, close=close)) + conn.send(h11.Data(data=response.body)) \
-            + conn.send(h11.EndOfMessage())
+        head, lines = response_head(response, close=close)
+        return _splice(conn.send(head), lines) + conn.send(h11.Data(data=response.body)) + conn.send(_END)
 
     async def _drain(self) -> bool:
         """Discard the rest of an unread request body (bounded); True when it all came."""
