@@ -54,6 +54,20 @@ FACTORIES: dict[str, Callable[[], Hasher]] = {
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
 }
+_CRCS: dict[str, tuple[Callable[[bytes, int], int], int]] = {
+    "crc32": (_crt.crc32, 4),
+    "crc32c": (_crt.crc32c, 4),
+    "crc64nvme": (_crt.crc64nvme, 8),
+}
+
+
+def resume(algorithm: str, digest: bytes) -> Hasher:
+    """A CRC hasher that continues from ``digest`` (the CRC of the bytes so far):
+    how a full-object CRC is extended over an append."""
+    fn, width = _CRCS[algorithm]
+    return _Crc(fn, width, int.from_bytes(digest, "big"))
+
+
 HEADER_PREFIX = "x-amz-checksum-"
 DIGEST_SIZES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
 

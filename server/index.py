@@ -18,15 +18,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.errors import BucketAlreadyOwnedByYou, BucketNotEmpty, NoSuchBucket
-from server.records import ObjectInfo
+from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty, NoSuchBucket
+from server.records import ObjectInfo, StoredChecksum
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: objects.checksum, buckets.owner (added to a version-1 index on open)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    owner TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL REFERENCES buckets(name),
@@ -40,11 +41,14 @@ CREATE TABLE IF NOT EXISTS objects (
     system TEXT NOT NULL,
     crc32 INTEGER,
     appends INTEGER NOT NULL,
+    checksum TEXT,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 """
 
-_OBJECT_COLUMNS = "bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends"
+_OBJECT_COLUMNS = "bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends, checksum"
+# Columns added since schema version 1: (table, column, declaration), added on open.
+_ADDED_COLUMNS = (("objects", "checksum", "TEXT"), ("buckets", "owner", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,13 @@ def connect(path: Path, *, durable: bool, readonly: bool = False) -> sqlite3.Con
     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         conn.close()
         raise RuntimeError(f"index {path} has schema version {version}, this server knows {SCHEMA_VERSION}")
     conn.executescript(_SCHEMA)
+    for table, column, declaration in _ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
 
@@ -116,11 +123,20 @@ def load_buckets(conn: sqlite3.Connection) -> dict[str, float]:
     return dict(conn.execute("SELECT name, created FROM buckets"))
 
 
-def insert_bucket(conn: sqlite3.Connection, name: str, created: float) -> None:
+def insert_bucket(conn: sqlite3.Connection, name: str, created: float, owner: str | None = None) -> None:
     try:
-        conn.execute("INSERT INTO buckets (name, created) VALUES (?, ?)", (name, created))
+        conn.execute("INSERT INTO buckets (name, created, owner) VALUES (?, ?, ?)", (name, created, owner))
     except sqlite3.IntegrityError as exc:
+        existing = bucket_owner(conn, name)
+        if owner is not None and existing is not None and existing != owner:
+            raise BucketAlreadyExists(resource=name, BucketName=name) from exc
         raise BucketAlreadyOwnedByYou(resource=name, BucketName=name) from exc
+
+
+def bucket_owner(conn: sqlite3.Connection, name: str) -> str | None:
+    """The access key that created the bucket (None: unknown, made before owners were kept)."""
+    row = conn.execute("SELECT owner FROM buckets WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
 
 
 def delete_bucket(conn: sqlite3.Connection, name: str) -> None:
@@ -186,11 +202,11 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
     """Create or replace an object's row (plain PUT, create-by-append)."""
     try:
         conn.execute(
-            f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (bucket, key) DO UPDATE SET file_id = excluded.file_id, size = excluded.size,"
             " etag = excluded.etag, last_modified = excluded.last_modified, content_type = excluded.content_type,"
             " metadata = excluded.metadata, system = excluded.system, crc32 = excluded.crc32,"
-            " appends = excluded.appends",
+            " appends = excluded.appends, checksum = excluded.checksum",
             (
                 info.bucket,
                 info.key,
@@ -203,6 +219,7 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
                 json.dumps(info.system, ensure_ascii=False),
                 info.crc32,
                 info.appends,
+                None if info.checksum is None else info.checksum.encode(),
             ),
         )
     except sqlite3.IntegrityError as exc:  # the bucket went away (foreign key)
@@ -212,9 +229,12 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
 def update_appended(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None:
     """Record an append: only the columns an append changes."""
     cursor = conn.execute(
-        "UPDATE objects SET size = ?, etag = ?, last_modified = ?, crc32 = ?, appends = ?"
+        "UPDATE objects SET size = ?, etag = ?, last_modified = ?, crc32 = ?, appends = ?, checksum = ?"
         " WHERE bucket = ? AND key = ? AND file_id = ?",
-        (info.size, info.etag, info.last_modified, info.crc32, info.appends, info.bucket, info.key, file_id),
+        (
+            info.size, info.etag, info.last_modified, info.crc32, info.appends,
+            None if info.checksum is None else info.checksum.encode(), info.bucket, info.key, file_id,
+        ),  # fmt: skip
     )
     if cursor.rowcount != 1:
         # The storage's per-object lock makes this impossible; refuse rather than guess.
@@ -238,7 +258,7 @@ def all_objects(conn: sqlite3.Connection) -> list[IndexedObject]:
 
 
 def _indexed(row: tuple) -> IndexedObject:
-    bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends = row
+    bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends, checksum = row
     info = ObjectInfo(
         bucket=bucket,
         key=key,
@@ -250,5 +270,6 @@ def _indexed(row: tuple) -> IndexedObject:
         system=json.loads(system),
         crc32=crc32 if crc32 is not None else 0,
         appends=appends,
+        checksum=StoredChecksum.decode(checksum),
     )
     return IndexedObject(info=info, file_id=file_id)

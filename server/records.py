@@ -7,9 +7,12 @@ rules are what the router sees and what the tests pin down.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from dataclasses import dataclass, field
+
+from server import checksums
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -26,6 +29,43 @@ class BucketInfo:
 
 
 @dataclass(frozen=True)
+class StoredChecksum:
+    """An object's checksum other than its plain full-object CRC32 (which is always kept).
+
+    ``type`` FULL_OBJECT: ``value`` covers all bytes (CRC32C/CRC64NVME are extended
+    by appends; SHA-1/SHA-256 cannot be, so an append drops them).  COMPOSITE
+    (multipart): ``value`` is ``<base64>-<parts>``, a checksum of the parts'
+    checksums, dropped by an append.
+    """
+
+    algorithm: str  # crc32, crc32c, crc64nvme, sha1, sha256
+    value: str  # base64 of the digest, as S3 prints it
+    type: str = "FULL_OBJECT"
+
+    def encode(self) -> str:
+        return f"{self.algorithm} {self.type} {self.value}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> StoredChecksum | None:
+        if not text:
+            return None
+        algorithm, type_, value = text.split(" ", 2)
+        return cls(algorithm, value, type_)
+
+    @property
+    def extensible(self) -> bool:
+        """Whether an append can carry it forward (a CRC of the whole object)."""
+        return self.type == "FULL_OBJECT" and self.algorithm in EXTENSIBLE
+
+    def running(self) -> checksums.Hasher:
+        """A hasher that continues this full-object CRC over appended bytes."""
+        return checksums.resume(self.algorithm, base64.b64decode(self.value))
+
+
+EXTENSIBLE = frozenset({"crc32", "crc32c", "crc64nvme"})
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """The committed state of one object (what HEAD shows)."""
 
@@ -39,6 +79,7 @@ class ObjectInfo:
     system: dict[str, str]  # other stored headers, e.g. {"x-amz-server-side-encryption": "AES256"}
     crc32: int  # full-object CRC32 (zlib.crc32 of all bytes)
     appends: int  # writes that made the object: 1 after a PUT or a create-by-append
+    checksum: StoredChecksum | None = None  # None: the full-object CRC32 above is the checksum
 
 
 @dataclass(frozen=True)
@@ -57,6 +98,12 @@ class NewObject:
     content_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     system: dict[str, str] = field(default_factory=dict)
+    # The full-object checksum to keep besides CRC32 (computed from the body), or a
+    # ready one (``checksum``: a multipart upload's COMPOSITE value), and an ETag
+    # that is not the body's MD5 (multipart: "<md5 of part md5s>-<parts>").
+    checksum_algorithm: str | None = None
+    checksum: StoredChecksum | None = None
+    etag: str | None = None
 
 
 class BodyHasher:
@@ -67,13 +114,14 @@ class BodyHasher:
     and is not computed twice).
     """
 
-    __slots__ = ("size", "_md5", "_crc32", "_object_crc32")
+    __slots__ = ("size", "_md5", "_crc32", "_object_crc32", "extra")
 
-    def __init__(self, extends_crc32: int | None = None) -> None:
+    def __init__(self, extends_crc32: int | None = None, extra: checksums.Hasher | None = None) -> None:
         self.size = 0
         self._md5 = hashlib.md5()
         self._crc32 = 0
         self._object_crc32 = extends_crc32
+        self.extra = extra  # another full-object checksum kept alongside (CRC32C, CRC64NVME, SHA-*)
 
     def update(self, data: bytes) -> None:
         self.size += len(data)
@@ -81,9 +129,30 @@ class BodyHasher:
         self._crc32 = zlib.crc32(data, self._crc32)
         if self._object_crc32 is not None:
             self._object_crc32 = zlib.crc32(data, self._object_crc32)
+        if self.extra is not None:
+            self.extra.update(data)
 
     def digest(self) -> BodyDigest:
         return BodyDigest(size=self.size, md5=self._md5.digest(), crc32=self._crc32)
+
+    @classmethod
+    def for_new(cls, new: NewObject) -> BodyHasher:
+        """The hasher of a body that makes a new object (``new`` says which checksum to keep)."""
+        algorithm = new.checksum_algorithm if new.checksum is None else None
+        return cls(extra=checksums.FACTORIES[algorithm]() if algorithm not in (None, "crc32") else None)
+
+    @classmethod
+    def for_append(cls, current: ObjectInfo) -> BodyHasher:
+        """The hasher of an append to ``current``: its CRC32 and any other CRC extended."""
+        keep = current.checksum is not None and current.checksum.extensible
+        return cls(extends_crc32=current.crc32, extra=current.checksum.running() if keep else None)
+
+    def object_checksum(self, kept: StoredChecksum | None) -> StoredChecksum | None:
+        """The object's checksum after this body: ``kept``'s algorithm carried on by
+        ``extra``, or None (the CRC32 alone) when it could not be."""
+        if kept is None or self.extra is None:
+            return None
+        return StoredChecksum(kept.algorithm, checksums.encode(self.extra.digest()))
 
     @property
     def object_crc32(self) -> int:
@@ -91,19 +160,26 @@ class BodyHasher:
         return self._crc32 if self._object_crc32 is None else self._object_crc32
 
 
-def created_info(bucket: str, key: str, digest: BodyDigest, new: NewObject, now: float) -> ObjectInfo:
-    """The object a plain PUT or a create-by-append makes: its ETag is the MD5 of the body."""
+def created_info(
+    bucket: str, key: str, digest: BodyDigest, new: NewObject, now: float, extra: checksums.Hasher | None = None
+) -> ObjectInfo:
+    """The object a plain PUT or a create-by-append makes: its ETag is the MD5 of the
+    body (unless ``new`` brings one); ``extra`` is ``BodyHasher.for_new(new).extra``."""
+    checksum = new.checksum
+    if checksum is None and extra is not None and new.checksum_algorithm is not None:
+        checksum = StoredChecksum(new.checksum_algorithm, checksums.encode(extra.digest()))
     return ObjectInfo(
         bucket=bucket,
         key=key,
         size=digest.size,
-        etag=digest.md5.hex(),
+        etag=new.etag or digest.md5.hex(),
         last_modified=now,
         content_type=new.content_type,
         metadata=dict(new.metadata),
         system=dict(new.system),
         crc32=digest.crc32,
         appends=1,
+        checksum=checksum,
     )
 
 
@@ -117,11 +193,15 @@ def append_etag(previous_etag: str, body_md5: bytes, appends: int) -> str:
     return f"{hashlib.md5(previous_part + body_md5).hexdigest()}-{appends}"
 
 
-def appended_info(current: ObjectInfo, digest: BodyDigest, body_crc32_running: int, now: float) -> ObjectInfo:
+def appended_info(
+    current: ObjectInfo, digest: BodyDigest, body_crc32_running: int, now: float,
+    checksum: StoredChecksum | None = None,
+) -> ObjectInfo:  # fmt: skip
     """The object after a non-empty append of a body with ``digest``.
 
     ``body_crc32_running`` is ``zlib.crc32(body, current.crc32)``: the full-object
-    CRC32 extended over the body.
+    CRC32 extended over the body; ``checksum`` the object's other checksum carried
+    on (``BodyHasher.object_checksum``), None when it is dropped.
     """
     appends = current.appends + 1
     return ObjectInfo(  # not dataclasses.replace: this is on every append's path, and 5x cheaper
@@ -135,4 +215,5 @@ def appended_info(current: ObjectInfo, digest: BodyDigest, body_crc32_running: i
         system=current.system,
         crc32=body_crc32_running,
         appends=appends,
+        checksum=checksum,
     )

@@ -91,7 +91,7 @@ def _clamp(conn: sqlite3.Connection, files: DataFiles, obj: index.IndexedObject,
         os.close(fd)
     info = obj.info
     etag = md5.hexdigest() if info.appends <= 1 else f"{md5.hexdigest()}-{info.appends}"
-    index.put_object(conn, replace(info, size=size, etag=etag, crc32=crc), obj.file_id)
+    index.put_object(conn, replace(info, size=size, etag=etag, crc32=crc, checksum=None), obj.file_id)
     log.error(
         "storage_object_lost_bytes",
         bucket=info.bucket,

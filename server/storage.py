@@ -40,7 +40,7 @@ from server import index
 from server.bodies import ObjectReader, receive_body
 from server.committer import CommitJob, GroupCommitter
 from server.datafiles import DataFiles, PendingWrite
-from server.errors import BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
+from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
 from server.index import IndexedObject
 from server.records import (
     MAX_BODY_SIZE,
@@ -139,11 +139,15 @@ class Storage:
 
     # -- buckets ---------------------------------------------------------------
 
-    async def create_bucket(self, name: str) -> None:
+    async def create_bucket(self, name: str, owner: str | None = None) -> None:
+        """BucketAlreadyExists when another ``owner`` (access key) has it, else BucketAlreadyOwnedByYou."""
         if name in self._buckets:
+            existing = await self._read(index.bucket_owner, name)
+            if owner is not None and existing is not None and existing != owner:
+                raise BucketAlreadyExists(resource=name, BucketName=name)
             raise BucketAlreadyOwnedByYou(resource=name, BucketName=name)
         created = time.time()
-        await self._committer.run(CommitJob(apply=lambda conn: index.insert_bucket(conn, name, created)))
+        await self._committer.run(CommitJob(apply=lambda conn: index.insert_bucket(conn, name, created, owner)))
         self._buckets[name] = created
 
     async def delete_bucket(self, name: str) -> None:
@@ -256,11 +260,13 @@ class Storage:
     ) -> ObjectInfo:
         current = row.info
         pending = PendingWrite(self._files, row.file_id, slot.fd, current.size, fresh=False)
-        hasher = BodyHasher(extends_crc32=current.crc32)
+        hasher = BodyHasher.for_append(current)
         tail = await receive_body(body, hasher, pending, check_body, max_size=self._max_body_size)
         if hasher.size == 0:
             return current  # an empty append is a no-op: same ETag, same last_modified
-        info = appended_info(current, hasher.digest(), hasher.object_crc32, time.time())
+        info = appended_info(
+            current, hasher.digest(), hasher.object_crc32, time.time(), hasher.object_checksum(current.checksum)
+        )
         await self._committer.run(
             CommitJob(apply=lambda conn: index.update_appended(conn, info, row.file_id), pending=pending, tail=tail)
         )
@@ -275,9 +281,9 @@ class Storage:
         (readers that have it open keep reading it)."""
         file_id = self._files.new_id()
         pending = PendingWrite(self._files, file_id, None, 0, fresh=True)
-        hasher = BodyHasher()
+        hasher = BodyHasher.for_new(new)
         tail = await receive_body(body, hasher, pending, check_body, max_size=self._max_body_size)
-        info = created_info(bucket, key, hasher.digest(), new, time.time())
+        info = created_info(bucket, key, hasher.digest(), new, time.time(), hasher.extra)
         old = slot.row
         await self._committer.run(
             CommitJob(
