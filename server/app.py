@@ -155,7 +155,7 @@ class S3App:
         # A new list: handlers may answer with a shared one (buckets.XML_TYPE), which must not grow per request.
         response.headers = [*response.headers, ("x-amz-request-id", request.request_id)]
         bytes_in = request.body.content_length or 0
-        bytes_out = next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0)
+        bytes_out = 0 if request.method == "HEAD" else next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0)
         seconds = time.perf_counter() - started
         appending = operation == "PutObject" and request.header(objects.WRITE_OFFSET) is not None
         self.metrics.observe(operation, response.status, bytes_in=bytes_in, bytes_out=bytes_out, seconds=seconds, appending=appending)
