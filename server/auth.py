@@ -22,6 +22,7 @@ Refusals (``server.errors``), following what AWS S3 answers:
 from __future__ import annotations
 
 import calendar
+import functools
 import hmac
 import re
 import time
@@ -174,8 +175,11 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+@functools.lru_cache(maxsize=256)
 def parse_amz_date(value: str) -> float | None:
-    """Epoch seconds of a strict ``YYYYMMDDTHHMMSSZ``; None if it is not one."""
+    """Epoch seconds of a strict ``YYYYMMDDTHHMMSSZ``; None if it is not one.
+
+    Cached: concurrent clients sign with the same few seconds."""
     match = _AMZ_DATE.fullmatch(value)
     if match is None:
         return None
