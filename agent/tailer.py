@@ -170,6 +170,15 @@ class Tailer:
         return self._base + self._held
 
     @property
+    def sent(self) -> int:
+        """The file offset up to which chunks were handed downstream (a held partial line is not).
+
+        Once ``run`` has returned, a new tailer started at ``StartAt(sent, identity)``
+        continues the stream without a gap or a repeat, whatever is still in transit.
+        """
+        return self._base
+
+    @property
     def identity(self) -> FileIdentity | None:
         """The file being read now."""
         return self._identity
