@@ -1,0 +1,438 @@
+"""Batches in, appends out: each stream's bytes into its object, exactly once.
+
+The protocol (DESIGN.md, "Exactly once, end to end"), per append:
+
+1. take the stream's queued batches (one file range, up to ``max_bytes``);
+2. record the intent "file bytes [f0, f1) go at object offset r0, making it
+   r1" in the checkpoint, together with every other stream's progress that is
+   not on disk yet (one write for many streams: group commit);
+3. PUT through the stream's ``ObjectWriter``, which retries with backoff and
+   reconciles ambiguous failures by HEAD (landed / not landed / conflict);
+4. on the answer: the state becomes (f1, r1) in memory and the read-ahead
+   budget is released.  It reaches the disk with the next intent, or at once
+   when the stream has nothing more to send.  That is safe because an intent
+   on disk whose append landed is recognised at the next start (HEAD shows r1).
+
+At most ``max_in_flight`` streams have a request on the wire.  Turns are
+handed out round-robin and paced by a token bucket (``agent.pacing``): while a
+stream waits, its new batches join the same append.  A conflict (the object
+is not what we recorded) stops that stream for this run, loudly; a definite
+refusal (no bucket, access denied) pauses it and tries again.  When the batch
+channel ends the shipper drains: every queued batch goes out, pacing aside,
+and the checkpoint is written last.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+from datetime import datetime, timezone
+from functools import partial
+from typing import Callable
+
+import structlog
+import trio
+
+from agent import events
+from agent.batcher import Batch
+from agent.checkpoint import Checkpoint, CheckpointConflict, Intent, StreamState
+from agent.connect import SinkHealth
+from agent.errors import AgentError, CheckpointError
+from agent.lanes import Lane, Route
+from agent.metrics import AgentMetrics, StreamPosition
+from agent.pacing import ObjectSoFar, TokenBucket, index_under, part_key, period_of, roll_target, turn_interval
+from agent.tailer import ReadAheadBudget
+from sink import append as sink_append
+from sink.append import ObjectWriter, Reconciled
+from sink.client import S3Client
+from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
+from sink.retry import RetryPolicy
+
+log = structlog.get_logger()
+
+APPEND_RATE = 200.0  # appends a second, all streams together: ~0.3 of a core of httpx at ~1.5 ms each
+APPEND_BURST = 16.0
+REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
+MAX_PART_PROBES = 100  # roll-over targets tried before giving up on a stream
+GC_EVERY_BYTES = 8 << 20  # see ``_collect``
+# The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
+AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
+
+
+class Shipper:
+    """Every stream's lane, and the task that gives them turns.  ``run`` is the component."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        client: S3Client,
+        bucket: str,
+        budget: ReadAheadBudget,
+        *,
+        max_bytes: int,
+        max_in_flight: int,
+        rate: float = APPEND_RATE,
+        burst: float = APPEND_BURST,
+        retry: RetryPolicy = AGENT_RETRY,
+        metrics: AgentMetrics | None = None,
+        health: SinkHealth | None = None,
+        s3express: bool = False,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        on_failed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.client = client
+        self.bucket = bucket
+        self.budget = budget
+        self.max_bytes = max_bytes
+        self.max_in_flight = max_in_flight
+        self.rate = rate
+        self.retry = retry
+        self.metrics = metrics or AgentMetrics()
+        self.health = health or SinkHealth()
+        self.s3express = s3express
+        self.on_failed = on_failed
+        self._wall = wall_clock
+        self._lanes: dict[str, Lane] = {}
+        self._ready: dict[str, Lane] = {}  # waiting for a turn; insertion order is turn order
+        self._dirty: set[Lane] = set()  # state newer than the checkpoint file
+        self._tokens = TokenBucket(rate, burst)
+        self._slots = trio.CapacityLimiter(max_in_flight)
+        self._running = 0
+        self._draining = False
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._since_gc = 0
+
+    # -- streams -------------------------------------------------------------------
+
+    def lane(self, stream: str) -> Lane | None:
+        return self._lanes.get(stream)
+
+    def add_stream(self, route: Route, state: StreamState) -> Lane:
+        """Ship ``route.stream`` from ``state`` (new, or from the checkpoint); saved with the next write.
+
+        A stream already known keeps its state and only takes the new route.
+        """
+        lane = self._lanes.get(route.stream)
+        if lane is not None:
+            lane.route = route
+            return lane
+        lane = self._lanes[route.stream] = Lane(route, state)
+        self._mark_dirty(lane)
+        return lane
+
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        return dict(self._lanes)
+
+    def positions(self) -> list[StreamPosition]:
+        return [StreamPosition(s, s, lane.state.identity, lane.state.offset) for s, lane in self._lanes.items()]
+
+    def turn_interval(self) -> float:
+        """About how long a stream waits between two appends now (the app paces reading with it)."""
+        return turn_interval(self._running + len(self._ready), self.rate)
+
+    async def resolve(self, stream: str) -> StreamState | None:
+        """Open the stream's object and settle an append recorded before a restart (HEAD).
+
+        Returns the state to read from, or ``None`` when the stream failed (its
+        object is not as recorded).  A refusal is retried after a pause.
+        """
+        lane = self._lanes[stream]
+        while lane.failed is None:
+            try:
+                async with self._slots:
+                    await self._open_writer(lane)
+                return lane.state
+            except (ConflictError, AgentError) as exc:
+                self._fail(lane, exc)
+            except SinkError as exc:
+                self.health.refused(str(exc))
+                log.error(events.APPEND_REFUSED, stream=stream, key=lane.state.key, error=str(exc), retry_in=REFUSAL_PAUSE)
+                await trio.sleep(REFUSAL_PAUSE)
+        return None
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked after every append and stream change."""
+        while not predicate():
+            await self._progress.wait()
+
+    async def wait_idle(self, stream: str) -> None:
+        lane = self._lanes[stream]
+        await self.wait_for(lambda: lane.idle or lane.failed is not None)
+
+    async def save(self) -> None:
+        """Write every state newer than the checkpoint file (returns at once if there is none)."""
+        if self._dirty:
+            states = [lane.state for lane in self._dirty]
+            self._dirty.clear()
+            await self.checkpoint.save(*states)
+
+    # -- the component ------------------------------------------------------------------
+
+    async def run(self, batches: trio.MemoryReceiveChannel[Batch], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Ship until ``batches`` ends and every batch is out; the checkpoint is written last."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._dispatch)
+                task_status.started()
+                async with batches:
+                    async for batch in batches:
+                        self._enqueue(batch)
+                self._draining = True
+                self._wakeup()
+        finally:
+            with trio.CancelScope(shield=True):
+                self._dirty.update(self._lanes.values())
+                await self.save()
+
+    def _enqueue(self, batch: Batch) -> None:
+        self.metrics.read_bytes.inc(batch.size)
+        lane = self._lanes.get(batch.stream)
+        if lane is None or lane.failed is not None:
+            self.budget.release(batch.size)
+            return
+        try:
+            lane.push(batch)
+        except AgentError as exc:
+            self.budget.release(batch.size)
+            self._fail(lane, exc)
+            return
+        if not lane.busy and not lane.blocked:
+            self._ready.setdefault(lane.stream, lane)
+            self._wakeup()
+
+    async def _dispatch(self) -> None:
+        """Hand out turns: free slots, tokens (unless draining), round-robin."""
+        assert self._nursery is not None
+        while True:
+            self._wake = trio.Event()
+            now = trio.current_time()
+            for stream, lane in list(self._ready.items()):
+                if self._running >= self.max_in_flight or not (self._draining or self._tokens.take(now)):
+                    break
+                del self._ready[stream]
+                lane.busy = True
+                self._running += 1
+                self._nursery.start_soon(self._turn, lane)
+            if self._draining and not self._ready and self._running == 0:
+                return
+            wake_at = math.inf
+            if self._ready and self._running < self.max_in_flight:
+                wake_at = now if self._draining else self._tokens.ready_at(now)
+            with trio.move_on_at(wake_at):
+                await self._wake.wait()
+
+    async def _turn(self, lane: Lane) -> None:
+        try:
+            await self._ship(lane)
+        finally:
+            lane.busy = False
+            self._running -= 1
+            if lane.failed is None and not lane.blocked and lane.has_work:
+                self._ready[lane.stream] = lane
+            self._wakeup()
+            self._notify()
+
+    # -- one append ----------------------------------------------------------------------
+
+    async def _ship(self, lane: Lane) -> None:
+        try:
+            async with self._slots:
+                await self._open_writer(lane)
+                if lane.retry is None:
+                    batches = lane.take(self.max_bytes)
+                    lane.retry = (batches, await self._encode(lane, batches))
+                batches, body = lane.retry
+                if lane.state.intent is None:
+                    await self._roll_if_due(lane, len(body))
+                    r0 = lane.state.object_length
+                    intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
+                    lane.state = lane.state.with_intent(intent)
+                    await self._save_with(lane)
+                assert lane.writer is not None
+                length = await lane.writer.append(body)
+        except CheckpointError as exc:
+            if not isinstance(exc, CheckpointConflict):
+                raise  # progress cannot be recorded: nothing may be sent
+            self._fail(lane, exc)
+            return
+        except (ConflictError, RollOverRequired, AppendPending, AgentError) as exc:
+            self._fail(lane, exc)
+            return
+        except SinkError as exc:
+            self._refused(lane, exc)
+            return
+        self._landed(lane, batches, body, length)
+        if not lane.queue:
+            await self.save()  # nothing follows soon to carry this state to disk
+
+    def _landed(self, lane: Lane, batches: tuple[Batch, ...], body: bytes, length: int) -> None:
+        lane.retry = None
+        lane.state = lane.state.landed()
+        lane.appends += 1
+        self._mark_dirty(lane)
+        size = sum(b.size for b in batches)
+        self.budget.release(size)
+        now = trio.current_time()
+        self.metrics.appends.inc()
+        self.metrics.shipped_bytes.inc(size)
+        for batch in batches:
+            self.metrics.latency.observe(now - batch.started)
+        self.health.accepted()
+        log.debug(events.APPEND_ACKED, stream=lane.stream, key=lane.state.key, offset=lane.state.offset,
+                  object_length=length, body=len(body), identity=str(lane.state.identity))
+        self._collect(len(body))
+
+    async def _encode(self, lane: Lane, batches: tuple[Batch, ...]) -> bytes:
+        data = batches[0].body() if len(batches) == 1 else b"".join(b.body() for b in batches)
+        codec = lane.route.codec()
+        if codec.name == "identity":
+            return data
+        return await trio.to_thread.run_sync(codec.encode, data)
+
+    async def _save_with(self, lane: Lane) -> None:
+        self._dirty.discard(lane)
+        others = [other.state for other in self._dirty]
+        self._dirty.clear()
+        await self.checkpoint.save(lane.state, *others)
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def _writer(self, lane: Lane, key: str, base: str, index: int) -> ObjectWriter:
+        return ObjectWriter(
+            self.client, self.bucket, key, retry=self.retry, next_key=partial(part_key, base), index=index,
+            s3express=self.s3express, on_intent=partial(self._on_intent, lane), rand=self._jitter,
+        )
+
+    async def _open_writer(self, lane: Lane) -> None:
+        """Learn the object's length: check it against the state, settle a recorded intent."""
+        if lane.writer is not None:
+            return
+        state = lane.state
+        base = lane.route.base_key(self._wall())
+        index = index_under(state.key, base)
+        if index is None:  # an older template or date: the next append rolls to the current one
+            base, index = state.key, 0
+        writer = self._writer(lane, state.key, base, index)
+        intent = state.intent
+        verdict = await writer.resume(state.object_length, None if intent is None else intent.r1 - intent.r0)
+        if intent is not None:
+            lane.state = state.landed() if verdict is Reconciled.LANDED else state.not_landed()
+            self._mark_dirty(lane)
+            log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value,
+                     f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1)
+        lane.writer = writer
+
+    async def _roll_if_due(self, lane: Lane, body: int) -> None:
+        now = self._wall()
+        base = lane.route.base_key(now)
+        period = period_of(now, lane.route.input.roll.every)
+        current = ObjectSoFar(lane.state.key, lane.state.object_length, lane.appends, lane.period or period)
+        target = roll_target(lane.route.input.roll, current, base, period, body)
+        if lane.period is None:
+            lane.period = period
+        if target is None:
+            return
+        key, reason = target
+        index = index_under(key, base) or 0
+        for _ in range(MAX_PART_PROBES):
+            writer = self._writer(lane, key, base, index)
+            if await writer.open() == 0:
+                break
+            index += 1
+            key = part_key(base, index)
+        else:
+            raise ConflictError("no free roll-over key", bucket=self.bucket, key=key, expected=0, actual="data")
+        log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=lane.state.key, new_key=key, reason=reason,
+                 length=lane.state.object_length)
+        lane.state = lane.state.rolled(key)
+        lane.writer, lane.appends, lane.period = writer, 0, period
+
+    async def _on_intent(self, lane: Lane, announced: sink_append.Intent) -> None:
+        """The writer is about to send: it must be the append recorded, unless the server made it roll over."""
+        state, recorded = lane.state, lane.state.intent
+        if recorded is not None and (announced.key, announced.offset, announced.length) == (state.key, recorded.r0, recorded.r1 - recorded.r0):
+            return
+        # The server refused the object as full (TooManyParts): nothing landed, the writer moved on.
+        assert lane.retry is not None
+        batches, _ = lane.retry
+        if recorded is not None:
+            state = state.not_landed()
+        if announced.key != state.key:
+            log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=state.key, new_key=announced.key, reason="server_full")
+            state = state.rolled(announced.key)
+            lane.appends = 0
+        r0 = announced.offset
+        lane.state = state.with_intent(Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + announced.length))
+        await self._save_with(lane)
+
+    # -- trouble ---------------------------------------------------------------------------
+
+    def _fail(self, lane: Lane, exc: Exception) -> None:
+        if lane.failed is not None:
+            return
+        lane.failed = str(exc)
+        self.budget.release(lane.drop_all())
+        self._ready.pop(lane.stream, None)
+        if isinstance(exc, ConflictError):
+            self.metrics.conflicts.inc()
+        log.error(events.STREAM_FAILED, stream=lane.stream, key=lane.state.key, offset=lane.state.offset,
+                  error=str(exc), error_type=type(exc).__name__)
+        self._notify()
+        if self.on_failed is not None:
+            self.on_failed(lane.stream)
+
+    def _refused(self, lane: Lane, exc: SinkError) -> None:
+        writer = lane.writer
+        if lane.state.intent is not None and writer is not None and writer.pending is None:
+            lane.state = lane.state.not_landed()  # refused outright: nothing was written
+            self._mark_dirty(lane)
+        self.health.refused(str(exc))
+        log.error(events.APPEND_REFUSED, stream=lane.stream, key=lane.state.key, error=str(exc),
+                  error_type=type(exc).__name__, retry_in=REFUSAL_PAUSE)
+        lane.blocked = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._unblock_later, lane)
+
+    async def _unblock_later(self, lane: Lane) -> None:
+        await trio.sleep(REFUSAL_PAUSE)
+        lane.blocked = False
+        if lane.failed is None and lane.has_work and not lane.busy:
+            self._ready[lane.stream] = lane
+            self._wakeup()
+
+    # -- small things ----------------------------------------------------------------------
+
+    def _jitter(self) -> float:
+        """The writer's retry jitter; every retry draws exactly one sample, so this counts them."""
+        self.metrics.retries.inc()
+        return random.random()
+
+    def _collect(self, size: int) -> None:
+        """httpx keeps a request (body included) in a reference cycle until the cyclic GC runs:
+        collect the young generations every few MiB so past bodies do not pile up."""
+        self._since_gc += size
+        if self._since_gc >= GC_EVERY_BYTES:
+            self._since_gc = 0
+            gc.collect(1)
+
+    def _mark_dirty(self, lane: Lane) -> None:
+        self._dirty.add(lane)
+
+    def _wakeup(self) -> None:
+        self._wake.set()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Shipper {self.bucket} streams={len(self._lanes)} ready={len(self._ready)} running={self._running} "
+            f"dirty={len(self._dirty)} draining={self._draining} {self.budget!r}>"
+        )
