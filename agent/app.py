@@ -1,0 +1,251 @@
+"""The agent daemon: the root nursery, start and drain order, signals, reloads.
+
+Start-up, each component ready before the next one feeds it: the checkpoint
+(locked) and the S3 client, the status endpoint, the shipper, the batcher,
+then the streams (checkpointed ones resume, new ones follow ``read_from``)
+and the watcher.  ``/ready`` turns true once they run and the sink answers.
+
+Shutdown flows downstream (DESIGN.md, "Concurrency"): the watcher and the
+tailers stop (a held partial line is read again next time), the chunk
+channel closes, the batcher flushes and closes the batch channel, the shipper
+sends everything queued within ``shutdown_timeout`` (appends still in flight
+then are abandoned: their intents are on disk and settled at the next start),
+and the checkpoint is written last.
+
+While the sink does not answer, reading pauses: the free read-ahead budget
+is held back, so memory stays flat and the log files are the buffer.
+
+Signals (``run_agent``): SIGTERM/SIGINT drain and exit (a second one stops
+at once, checkpoint still written); SIGHUP reloads the config's inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+from pathlib import Path
+from typing import Mapping
+
+import httpx
+import structlog
+import trio
+
+from agent import events
+from agent.batcher import Batch, BatchRules, Chunk, run_batcher
+from agent.checkpoint import open_checkpoint
+from agent.config import AgentConfig, load_config
+from agent.connect import SinkHealth, head_bucket, open_s3
+from agent.discovery import Streams
+from agent.errors import ConfigError
+from agent.metrics import CONTENT_TYPE, AgentMetrics
+from agent.shipper import Shipper
+from agent.status import Reply, serve_status
+from agent.tail_to_bucket import is_directory_bucket
+from agent.tailer import ReadAheadBudget
+from sink.client import S3Client
+from sink.errors import RemoteError, SinkError
+
+log = structlog.get_logger()
+LINGER = 0.025  # seconds a batch collects lines before the shipper may take it (never more than batch.max_wait)
+PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
+BATCH_QUEUE = 64  # batches between the batcher and the shipper
+RESTART_ONLY = ("sink", "batch", "state_dir", "http", "log", "host", "watch", "poll_interval", "rescan_interval",
+                "partial_line_timeout", "shutdown_timeout", "max_in_flight", "max_read_ahead")
+
+
+class Agent:
+    """One agent: ``run`` until ``request_stop``; ``reload`` applies a changed config's inputs."""
+
+    def __init__(self, config: AgentConfig, *, config_path: Path | None = None, env: Mapping[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env = env
+        self.transport = transport
+        self.host = config.host or socket.gethostname()
+        self.metrics = AgentMetrics()
+        self.health = SinkHealth(on_change=lambda ready: self.metrics.sink_ready.set(int(ready)))
+        self.metrics.sink_ready.set(0)
+        self.shipper: Shipper | None = None
+        self.streams: Streams | None = None
+        self.status_address: tuple[str, int] | None = None
+        self.running = False
+        self._stop = trio.Event()
+        self._ship_scope = trio.CancelScope()
+        self._reloading = trio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.running and self.health.ready
+
+    def request_stop(self) -> None:
+        """Drain and stop (what SIGTERM does)."""
+        self._stop.set()
+
+    def stop_now(self) -> None:
+        """Stop without waiting for appends in flight (a second SIGTERM); the checkpoint is still written."""
+        self._stop.set()
+        self._ship_scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        log.info(events.AGENT_STARTING, host=self.host, bucket=cfg.sink.bucket, inputs=len(cfg.inputs),
+                 state_dir=str(cfg.state_dir))
+        async with open_checkpoint(cfg.state_dir) as checkpoint, open_s3(
+            cfg.sink, self.health, env=self.env, max_connections=cfg.max_in_flight + 2, transport=self.transport
+        ) as client:
+            budget = ReadAheadBudget(cfg.max_read_ahead)
+            self.metrics.watch_read_ahead(lambda: budget.in_use)
+            shipper = self.shipper = Shipper(
+                checkpoint, client, cfg.sink.bucket, budget, max_bytes=cfg.batch.max_bytes,
+                max_in_flight=cfg.max_in_flight, metrics=self.metrics, health=self.health,
+                s3express=is_directory_bucket(cfg.sink.bucket), on_failed=self._stream_failed,
+            )
+            chunks_in, chunks_out = trio.open_memory_channel[Chunk](0)
+            batches_in, batches_out = trio.open_memory_channel[Batch](BATCH_QUEUE)
+            streams = self.streams = Streams(cfg, shipper, checkpoint, budget, chunks_in, host=self.host, metrics=self.metrics)
+            shipped = trio.Event()
+            async with trio.open_nursery() as root:
+                host, port = cfg.http.listen
+                self.status_address = await root.start(serve_status, host, port, self._respond)
+                root.start_soon(self._probe_sink, client)
+                root.start_soon(self._hold_reading_while_unready, budget)
+                await root.start(self._run_shipper, shipper, batches_out, shipped)
+                rules = BatchRules(cfg.batch.max_bytes, min(LINGER, cfg.batch.max_wait))
+                await root.start(run_batcher, chunks_out, batches_in, rules)
+                await root.start(streams.run)
+                self.running = True
+                log.info(events.AGENT_READY, streams=len(streams.tailers), status=f"{self.status_address[0]}:{self.status_address[1]}")
+                task_status.started(self)
+                await self._stop.wait()
+                await self._drain(streams, shipped)
+                root.cancel_scope.cancel()
+        log.info(events.AGENT_STOPPED)
+
+    async def _drain(self, streams: Streams, shipped: trio.Event) -> None:
+        self.running = False
+        log.info(events.AGENT_STOPPING, timeout=self.config.shutdown_timeout)
+        streams.stop()
+        with trio.move_on_after(self.config.shutdown_timeout) as deadline:
+            await shipped.wait()
+        if deadline.cancelled_caught:
+            log.warning(events.DRAIN_TIMED_OUT, timeout=self.config.shutdown_timeout)
+            self._ship_scope.cancel()
+            await shipped.wait()
+
+    async def _run_shipper(self, shipper: Shipper, batches: trio.MemoryReceiveChannel[Batch], shipped: trio.Event,
+                           *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._ship_scope:
+                await shipper.run(batches, task_status=task_status)
+        finally:
+            shipped.set()
+
+    def _stream_failed(self, stream: str) -> None:
+        if self.streams is not None:
+            self.streams.stop_stream(stream, failed=True)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self, config: AgentConfig | None = None) -> bool:
+        """Re-read the config (or take ``config``) and apply its inputs; False if it is invalid."""
+        async with self._reloading:
+            if config is None:
+                if self.config_path is None:
+                    return False
+                try:
+                    config = await trio.to_thread.run_sync(load_config, self.config_path)
+                except ConfigError as exc:
+                    log.error(events.CONFIG_RELOAD_FAILED, path=str(self.config_path), error=str(exc))
+                    return False
+            for section in RESTART_ONLY:
+                if getattr(config, section) != getattr(self.config, section):
+                    log.warning(events.RELOAD_IGNORED_CHANGE, section=section)
+            if self.streams is None or not self.running:
+                return False
+            await self.streams.reconfigure(config.inputs)
+            self.config = dataclasses.replace(self.config, inputs=config.inputs)
+            log.info(events.CONFIG_RELOADED, inputs=len(config.inputs), streams=len(self.streams.tailers))
+            return True
+
+    # -- the sink's health ---------------------------------------------------------------------
+
+    async def _probe_sink(self, client: S3Client) -> None:
+        """While the sink is not ready, ask it (HeadBucket) every PROBE_INTERVAL."""
+        while True:
+            while self.health.ready:
+                await self.health.wait_changed()
+            try:
+                await head_bucket(client, self.config.sink.bucket)
+                self.health.accepted()
+            except RemoteError as exc:
+                if exc.status < 500:
+                    self.health.refused(str(exc))
+            except SinkError:
+                pass  # no answer: the transport already said so
+            await trio.sleep(PROBE_INTERVAL)
+
+    async def _hold_reading_while_unready(self, budget: ReadAheadBudget) -> None:
+        """Reading pauses while the sink is unreachable: take the free read-ahead budget until it answers."""
+        while True:
+            while self.health.ready:
+                await self.health.wait_changed()
+            held = 0
+
+            async def take_what_frees() -> None:
+                nonlocal held
+                while True:
+                    held += await budget.acquire(budget.limit)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(take_what_frees)
+                    while not self.health.ready:
+                        await self.health.wait_changed()
+                    nursery.cancel_scope.cancel()
+            finally:
+                budget.release(held)
+
+    # -- the status endpoint ------------------------------------------------------------------
+
+    async def _respond(self, path: str) -> Reply:
+        if path == "/metrics":
+            positions = self.shipper.positions() if self.shipper is not None else []
+            body = await trio.to_thread.run_sync(self.metrics.render, positions)
+            return Reply(200, body, CONTENT_TYPE)
+        if path == "/health":
+            return Reply(200, b"ok\n")
+        if path == "/ready":
+            if self.ready:
+                return Reply(200, b"ready\n")
+            reason = "starting" if not self.running and not self._stop.is_set() else "stopping"
+            if self.running:
+                reason = f"sink not ready: {self.health.reason}"
+            return Reply(503, f"not ready: {reason}\n".encode())
+        return Reply(404, b"not found: /metrics, /health, /ready\n")
+
+
+async def run_agent(config: AgentConfig, config_path: Path | None = None) -> None:
+    """The daemon: run the agent with SIGTERM/SIGINT (drain, then a second one: at once) and SIGHUP (reload)."""
+    agent = Agent(config, config_path=config_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_watch_signals, agent)
+        await agent.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            stopping = False
+            async for signum in signals:
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(agent.reload)
+                elif stopping:
+                    agent.stop_now()
+                else:
+                    stopping = True
+                    agent.request_stop()
