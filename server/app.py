@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from server import buckets, objects, xml
+from server import buckets, objects, routes, xml
 from server.access import AccessControl
 from server.auth import authenticate
 from server.config import ServerConfig
@@ -89,7 +89,13 @@ class S3App:
             raise KeyTooLongError(f"Your key is too long: {len(key.encode('utf-8'))} bytes (at most {MAX_KEY_BYTES}).")
         return bucket, key or None
 
-    def route(self, method: str, bucket: str | None, key: str | None, query: dict[str, str]) -> tuple[Operation, str]:
+    def route(
+        self, method: str, bucket: str | None, key: str | None, query: dict[str, str],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> tuple[Operation, str]:  # fmt: skip
+        found = routes.route(method, bucket, key, query, headers or ())  # multipart, copy, versions, sub-resources...
+        if found is not None:
+            return found
         unsupported = set(SUBRESOURCES.intersection(query))
         if bucket is None:
             table = {"GET": (buckets.list_buckets, "ListBuckets")}
@@ -143,7 +149,7 @@ class S3App:
                     request.method, request.path, request.query, request.headers, self.keys,
                     now=time.time(), region=self.config.region, sessions=self.sessions.lookup,
                 )
-                handler, operation = self.route(request.method, bucket, key, query)
+                handler, operation = self.route(request.method, bucket, key, query, request.headers)
                 handler = self.access.guard(handler, operation, auth, request, bucket, key, query)
                 ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)
                 response = await handler(ctx)

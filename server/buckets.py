@@ -17,7 +17,7 @@ from server.storage import ObjectInfo, Storage
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3express")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3express", "--table-s3")
 MAX_KEYS = 1000
 XML_TYPE = [("content-type", "application/xml")]
 
@@ -59,7 +59,7 @@ async def create_bucket(ctx: Context) -> Response:
     if body.strip():
         xml.parse_xml(body)
     try:
-        await ctx.storage.create_bucket(ctx.bucket)
+        await ctx.storage.create_bucket(ctx.bucket, owner=ctx.auth.access_key_id)
     except Exception as exc:
         # S3 in us-east-1 answers 200 when you create a bucket you already own.
         if getattr(exc, "code", None) != "BucketAlreadyOwnedByYou" or ctx.config.region != "us-east-1":
@@ -74,6 +74,7 @@ async def head_bucket(ctx: Context) -> Response:
 
 async def delete_bucket(ctx: Context) -> Response:
     await ctx.storage.delete_bucket(ctx.bucket)
+    await ctx.storage.uploads.abort_bucket(ctx.bucket)  # a later bucket of that name starts clean
     return Response(204, [])
 
 
@@ -157,11 +158,17 @@ def _encoding(ctx: Context) -> str | None:
     return encoding
 
 
+def list_params(ctx: Context) -> tuple[str, str, int, str | None]:
+    """(prefix, delimiter, max-keys, encoding-type) of a listing request, checked."""
+    q = ctx.query
+    return q.get("prefix", ""), q.get("delimiter", ""), _max_keys(ctx), _encoding(ctx)
+
+
 async def list_objects(ctx: Context) -> Response:
     """ListObjectsV2 with ``list-type=2``, else ListObjects (v1)."""
     await ctx.storage.get_bucket(ctx.bucket)
     q = ctx.query
-    prefix, delimiter, max_keys, encoding = q.get("prefix", ""), q.get("delimiter", ""), _max_keys(ctx), _encoding(ctx)
+    prefix, delimiter, max_keys, encoding = list_params(ctx)
     v2 = q.get("list-type") == "2"
     if v2:
         token = q.get("continuation-token")

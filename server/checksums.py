@@ -68,6 +68,17 @@ def resume(algorithm: str, digest: bytes) -> Hasher:
     return _Crc(fn, width, int.from_bytes(digest, "big"))
 
 
+_COMBINE = {"crc32": _crt.combine_crc32, "crc32c": _crt.combine_crc32c, "crc64nvme": _crt.combine_crc64nvme}
+
+
+def combine(algorithm: str, first: bytes, second: bytes, second_length: int) -> bytes:
+    """The CRC of A||B from CRC(A), CRC(B) and len(B), without reading the bytes:
+    how a multipart upload's FULL_OBJECT checksum comes from its parts'."""
+    width = _CRCS[algorithm][1]
+    value = _COMBINE[algorithm](int.from_bytes(first, "big"), int.from_bytes(second, "big"), second_length)
+    return value.to_bytes(width, "big")
+
+
 HEADER_PREFIX = "x-amz-checksum-"
 DIGEST_SIZES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
 

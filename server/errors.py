@@ -74,6 +74,30 @@ RequestTimeTooSkewed = _error(
 NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist")
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
 NoSuchUpload = _error("NoSuchUpload", 404, "The specified upload does not exist.")
+NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exist.")
+# 404s of bucket configurations this server never has (the answers AWS gives a bucket without them)
+NoSuchBucketPolicy = _error("NoSuchBucketPolicy", 404, "The bucket policy does not exist")
+NoSuchLifecycleConfiguration = _error("NoSuchLifecycleConfiguration", 404, "The lifecycle configuration does not exist")
+NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
+NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404, "The CORS configuration does not exist")
+NoSuchWebsiteConfiguration = _error(
+    "NoSuchWebsiteConfiguration", 404, "The specified bucket does not have a website configuration"
+)
+ServerSideEncryptionConfigurationNotFoundError = _error(
+    "ServerSideEncryptionConfigurationNotFoundError", 404, "The server side encryption configuration was not found"
+)
+OwnershipControlsNotFoundError = _error(
+    "OwnershipControlsNotFoundError", 404, "The bucket ownership controls were not found"
+)
+NoSuchPublicAccessBlockConfiguration = _error(
+    "NoSuchPublicAccessBlockConfiguration", 404, "The public access block configuration was not found"
+)
+ObjectLockConfigurationNotFoundError = _error(
+    "ObjectLockConfigurationNotFoundError", 404, "Object Lock configuration does not exist for this bucket"
+)
+ReplicationConfigurationNotFoundError = _error(
+    "ReplicationConfigurationNotFoundError", 404, "The replication configuration was not found"
+)
 # 405, 409, 411, 412, 501, 503
 MethodNotAllowed = _error("MethodNotAllowed", 405, "The specified method is not allowed against this resource.")
 BucketAlreadyExists = _error("BucketAlreadyExists", 409, "The requested bucket name is not available.")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator, Callable
 
-from server import checksums
+from server.checksum_headers import checksum_response_headers, requested_algorithm
+from server.conditional import NOT_MODIFIED, Conditions, evaluate
 from server.context import Context
 from server.errors import InvalidArgument, InvalidRange, InvalidRequest, NotImplemented_, TooManyParts
 from server.http import Response
 from server.payload import Payload
 from server.storage import NewObject, ObjectInfo
+from server.versions import check_version_id
 from server.xml import http_date
 
 WRITE_OFFSET = "x-amz-write-offset-bytes"
@@ -87,7 +89,10 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         ctx.key,
         payload,
         offset=offset,
-        new=NewObject(content_type=request.header("content-type"), metadata=metadata, system=system),
+        new=NewObject(
+            content_type=request.header("content-type"), metadata=metadata, system=system,
+            checksum_algorithm=requested_algorithm(request.headers),
+        ),  # fmt: skip
         check_existing=check_existing,
         check_body=payload.check,
     )
@@ -106,7 +111,7 @@ def object_headers(info: ObjectInfo, *, with_checksum: bool) -> list[tuple[str, 
     headers += [(META_PREFIX + name, value) for name, value in info.metadata.items()]
     headers += [(name, value) for name, value in info.system.items() if name in SSE_HEADERS]
     if with_checksum:
-        headers += [("x-amz-checksum-crc32", checksums.crc32_value(info.crc32)), ("x-amz-checksum-type", "FULL_OBJECT")]
+        headers += checksum_response_headers(info)
     return headers
 
 
@@ -138,8 +143,12 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
 async def get_object(ctx: Context, *, head: bool = False) -> Response:
     stack = contextlib.AsyncExitStack()
     try:
+        check_version_id(ctx.query)
         reader = await stack.enter_async_context(ctx.storage.open_reader(ctx.bucket, ctx.key))
         info = reader.info
+        if evaluate(Conditions.from_headers(ctx.request.header), info.etag, info.last_modified) == NOT_MODIFIED:
+            await stack.aclose()
+            return Response(304, [("etag", f'"{info.etag}"'), ("last-modified", http_date(info.last_modified))])
         span = parse_range(ctx.request.header("range"), info.size)
         want_checksum = (ctx.request.header("x-amz-checksum-mode") or "").upper() == "ENABLED" and span is None
         headers = object_headers(info, with_checksum=want_checksum)
@@ -165,5 +174,6 @@ async def _stream(chunks: AsyncIterator[bytes], stack: contextlib.AsyncExitStack
 
 
 async def delete_object(ctx: Context) -> Response:
+    check_version_id(ctx.query)
     await ctx.storage.delete_object(ctx.bucket, ctx.key)
     return Response(204, [])

@@ -34,6 +34,7 @@ from sink import sigv4
 
 STREAMING_MODES = {sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER, sigv4.STREAMING_UNSIGNED_TRAILER}
 READ_SIZE = 256 * 1024
+NOT_CHECKSUM_VALUES = ("x-amz-checksum-type", "x-amz-checksum-mode", "x-amz-checksum-algorithm")
 
 
 class Payload:
@@ -129,7 +130,7 @@ def _algorithm_of(header: str) -> str:
 def _header_checksums(request: Request) -> dict[str, bytes]:
     found = {}
     for name, value in request.headers:
-        if name.startswith(checksums.HEADER_PREFIX) and name not in ("x-amz-checksum-type", "x-amz-checksum-mode"):
+        if name.startswith(checksums.HEADER_PREFIX) and name not in NOT_CHECKSUM_VALUES:
             algorithm = _algorithm_of(name)
             found[algorithm] = checksums.decode(algorithm, value)
     if len(found) > 1:

@@ -55,6 +55,7 @@ from server.records import (
 )
 from server.recovery import recover
 from server.slots import ObjectSlot, ObjectSlots
+from server.uploads import UploadStore
 
 __all__ = ["BodyDigest", "BucketInfo", "NewObject", "ObjectInfo", "ObjectReader", "Storage", "open_storage"]
 
@@ -85,6 +86,7 @@ class Storage:
         self._lock_fd = lock_fd
         self._max_body_size = max_body_size
         self._closed = False
+        self.uploads: UploadStore | None = None  # multipart uploads (server.uploads), set by open()
 
     def __repr__(self) -> str:
         return (
@@ -120,7 +122,15 @@ class Storage:
             return files, conn, buckets, lock_fd
 
         files, conn, buckets, lock_fd = await trio.to_thread.run_sync(setup)
-        return cls(data_dir, files, conn, buckets, lock_fd, max_body_size=max_body_size, open_files=open_files)
+        storage = cls(data_dir, files, conn, buckets, lock_fd, max_body_size=max_body_size, open_files=open_files)
+        try:
+            storage.uploads = await trio.to_thread.run_sync(
+                lambda: UploadStore.open_sync(data_dir / "uploads", durable=fsync, max_part_size=max_body_size)
+            )
+        except BaseException:
+            await storage.aclose()
+            raise
+        return storage
 
     async def aclose(self) -> None:
         """Close files and connections.  Call it when no request is using the storage."""
@@ -130,6 +140,8 @@ class Storage:
         self._slots.close()
 
         def close() -> None:
+            if self.uploads is not None:
+                self.uploads.close_sync()
             self._committer.close()
             self._readers.close()
             self._conn.close()

@@ -1,0 +1,56 @@
+"""Routing of the S3 operations beyond the basic object and bucket ones.
+
+``S3App.route`` asks here first: multipart uploads (``?uploads``,
+``?uploadId``), DeleteObjects (``POST ?delete``), ListObjectVersions
+(``GET ?versions``), CopyObject / UploadPartCopy (``x-amz-copy-source``) and the
+configuration sub-resources of ``server.subresources``.  None means "not one
+of these": the app's own table decides.  Operation names are the S3 API's,
+which ``server.policy`` grants by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from server import batch_delete, copy, multipart, subresources, upload_listing, versions
+from server.context import Context
+from server.errors import MethodNotAllowed
+from server.http import Response
+
+Operation = Callable[[Context], Awaitable[Response]]
+Route = tuple[Operation, str]
+
+
+def _only(method: str, allowed: dict[str, Route]) -> Route:
+    if method not in allowed:
+        raise MethodNotAllowed(f"The {method} method is not allowed against this resource.", Method=method)
+    return allowed[method]
+
+
+def route(
+    method: str, bucket: str | None, key: str | None, query: dict[str, str], headers: Sequence[tuple[str, str]] = ()
+) -> Route | None:
+    if bucket is None:
+        return None
+    if key is None:
+        if "uploads" in query:
+            return _only(method, {"GET": (upload_listing.list_multipart_uploads, "ListMultipartUploads")})
+        if "versions" in query:
+            return _only(method, {"GET": (versions.list_object_versions, "ListObjectVersions")})
+        if "delete" in query:
+            return _only(method, {"POST": (batch_delete.delete_objects, "DeleteObjects")})
+        return subresources.route(method, bucket, key, query)
+    copying = any(name == copy.COPY_SOURCE for name, _ in headers)
+    if "uploads" in query:
+        return _only(method, {"POST": (multipart.create_multipart_upload, "CreateMultipartUpload")})
+    if "uploadId" in query:
+        part = (copy.upload_part_copy, "UploadPartCopy") if copying else (multipart.upload_part, "UploadPart")
+        return _only(method, {
+            "PUT": part,
+            "POST": (multipart.complete_multipart_upload, "CompleteMultipartUpload"),
+            "DELETE": (multipart.abort_multipart_upload, "AbortMultipartUpload"),
+            "GET": (multipart.list_parts, "ListParts"),
+        })  # fmt: skip
+    if copying and method == "PUT" and not set(query) & set(subresources.OBJECT):
+        return copy.copy_object, "CopyObject"
+    return subresources.route(method, bucket, key, query)
