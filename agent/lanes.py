@@ -94,12 +94,14 @@ class Lane:
         self.queued -= size
         return tuple(taken)
 
-    def drop_all(self) -> int:
-        """Forget everything queued or in progress; return its size in file bytes."""
-        size = self.queued + (sum(b.size for b in self.retry[0]) if self.retry else 0)
+    def drop_all(self, *, keep_retry: bool = False) -> int:
+        """Forget everything queued (and the append in progress unless ``keep_retry``); return its size in file bytes."""
+        size = self.queued
+        if self.retry is not None and not keep_retry:
+            size += sum(b.size for b in self.retry[0])
+            self.retry = None
         self.queue.clear()
         self.queued = 0
-        self.retry = None
         return size
 
     def __repr__(self) -> str:

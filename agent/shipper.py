@@ -200,7 +200,7 @@ class Shipper:
             lane.push(batch)
         except AgentError as exc:
             self.budget.release(batch.size)
-            self._fail(lane, exc)
+            self._fail(lane, exc, in_turn=False)
             return
         if not lane.busy and not lane.blocked:
             self._ready.setdefault(lane.stream, lane)
@@ -243,6 +243,8 @@ class Shipper:
     async def _ship(self, lane: Lane) -> None:
         try:
             async with self._slots:
+                if lane.failed is not None:
+                    return
                 await self._open_writer(lane)
                 if lane.retry is None:
                     batches = lane.take(self.max_bytes)
@@ -373,11 +375,12 @@ class Shipper:
 
     # -- trouble ---------------------------------------------------------------------------
 
-    def _fail(self, lane: Lane, exc: Exception) -> None:
+    def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
+        """Stop the stream for this run.  Outside its turn, a turn in progress keeps (and settles) its batches."""
         if lane.failed is not None:
             return
         lane.failed = str(exc)
-        self.budget.release(lane.drop_all())
+        self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
         self._ready.pop(lane.stream, None)
         if isinstance(exc, ConflictError):
             self.metrics.conflicts.inc()
