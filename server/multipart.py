@@ -201,7 +201,7 @@ async def complete_multipart_upload(
     ``authorize_write`` sees the object under its lock, as for PutObject (an
     ``append`` key may not complete over an existing key)."""
     upload_id = ctx.query.get("uploadId", "")
-    requested = parse_complete_request(await read_xml_body(ctx))
+    requested = parse_complete_request(await read_xml_body(ctx, headers_name_object=True))
     store = _store(ctx)
     async with store.lock(upload_id):
         upload = await store.get(ctx.bucket, ctx.key, upload_id, completed=True)

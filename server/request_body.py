@@ -32,9 +32,14 @@ def require_integrity_header(ctx: Context) -> None:
         raise InvalidRequest("Missing required header for this request: Content-MD5")
 
 
-async def read_xml_body(ctx: Context, limit: int = MAX_REQUEST_XML) -> bytes:
-    """The whole body (at most ``limit`` bytes, else MalformedXML), its digests checked."""
+async def read_xml_body(ctx: Context, limit: int = MAX_REQUEST_XML, *, headers_name_object: bool = False) -> bytes:
+    """The whole body (at most ``limit`` bytes, else MalformedXML), its digests checked.
+
+    ``headers_name_object``: the ``x-amz-checksum-*`` headers are the finished
+    object's checksum (CompleteMultipartUpload), not the body's."""
     payload = Payload(ctx.request, ctx.auth, max_body=ctx.config.max_body)
+    if headers_name_object:
+        payload.expected = {}
     if payload.length > limit:
         raise MalformedXML(f"The XML body of {payload.length} bytes exceeds the {limit}-byte limit.")
     hasher = BodyHasher()
