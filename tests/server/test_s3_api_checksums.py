@@ -1,0 +1,129 @@
+"""Full-object checksums kept across appends and reported with x-amz-checksum-mode: ENABLED.
+
+boto3 validates the checksum it is given on GET (``ChecksumMode="ENABLED"``),
+so a stale value fails these tests by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import boto3
+import pytest
+from awscrt import checksums as crt
+from botocore.exceptions import ClientError
+
+from server import checksums
+from server.records import BodyHasher, NewObject, ObjectInfo, StoredChecksum
+from tests.support import ACCESS_KEY, REGION, SECRET_KEY
+
+
+def digest(algorithm: str, data: bytes) -> str:
+    hasher = checksums.FACTORIES[algorithm]()
+    hasher.update(data)
+    return base64.b64encode(hasher.digest()).decode()
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_crc_kept_across_appends(s3, bucket, algorithm):
+    name = f"Checksum{algorithm}"
+    put = s3.put_object(Bucket=bucket, Key="log", Body=b"one\n", ChecksumAlgorithm=algorithm)
+    assert put[name] == digest(algorithm.lower(), b"one\n")
+    data = b"one\n"
+    for line in (b"two\n", b"three\n" * 1000):
+        s3.put_object(Bucket=bucket, Key="log", Body=line, WriteOffsetBytes=len(data), ChecksumAlgorithm=algorithm)
+        data += line
+        head = s3.head_object(Bucket=bucket, Key="log", ChecksumMode="ENABLED")
+        assert head[name] == digest(algorithm.lower(), data) and head["ChecksumType"] == "FULL_OBJECT"
+        got = s3.get_object(Bucket=bucket, Key="log", ChecksumMode="ENABLED")
+        assert got["Body"].read() == data
+
+
+def test_the_created_algorithm_wins_over_an_appends(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="log", Body=b"a", ChecksumAlgorithm="CRC64NVME")
+    s3.put_object(Bucket=bucket, Key="log", Body=b"b", WriteOffsetBytes=1, ChecksumAlgorithm="CRC32C")
+    head = s3.head_object(Bucket=bucket, Key="log", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == digest("crc64nvme", b"ab") and "ChecksumCRC32C" not in head
+
+
+@pytest.mark.parametrize("algorithm", ["SHA256", "SHA1"])
+def test_sha_is_reported_until_an_append_then_crc32(s3, bucket, algorithm):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"first", ChecksumAlgorithm=algorithm)
+    got = s3.get_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert got[f"Checksum{algorithm}"] == digest(algorithm.lower(), b"first") and got["Body"].read() == b"first"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"+more", WriteOffsetBytes=5)
+    got = s3.get_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert f"Checksum{algorithm}" not in got  # a SHA cannot be extended: dropped, never stale
+    assert got["ChecksumCRC32"] == digest("crc32", b"first+more") and got["Body"].read() == b"first+more"
+
+
+def test_plain_put_replaces_the_checksum(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x", ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"y", ChecksumAlgorithm="CRC32")
+    head = s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == digest("crc32", b"y") and "ChecksumSHA256" not in head
+
+
+def test_ranged_get_has_no_full_object_checksum(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"0123456789", ChecksumAlgorithm="CRC32C")
+    got = s3.get_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED", Range="bytes=2-4")
+    assert got["Body"].read() == b"234" and "ChecksumCRC32C" not in got
+
+
+def test_wrong_checksum_is_refused_and_changes_nothing(s3, bucket, http):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"keep", ChecksumAlgorithm="CRC32C")
+    answer = http.put(f"/{bucket}/k", content=b"more", headers={
+        "x-amz-write-offset-bytes": "4", "x-amz-checksum-crc32c": digest("crc32c", b"else")})  # fmt: skip
+    assert answer.status_code == 400 and b"BadDigest" in answer.content
+    head = s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == 4 and head["ChecksumCRC32C"] == digest("crc32c", b"keep")
+
+
+def test_checksums_survive_a_restart(make_server):
+    server = make_server()
+    s3 = boto3.client("s3", endpoint_url=server.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                      region_name=REGION)
+    s3.create_bucket(Bucket="sums")
+    s3.put_object(Bucket="sums", Key="k", Body=b"before", ChecksumAlgorithm="CRC32C")
+    server.stop()
+    server.restart()
+    s3.put_object(Bucket="sums", Key="k", Body=b" after", WriteOffsetBytes=6)
+    got = s3.get_object(Bucket="sums", Key="k", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC32C"] == digest("crc32c", b"before after") and got["Body"].read() == b"before after"
+
+
+def test_unknown_checksum_algorithm_is_refused(s3, bucket, http):
+    answer = http.put(f"/{bucket}/k", content=b"x", headers={"x-amz-sdk-checksum-algorithm": "MD4"})
+    assert answer.status_code == 400 and b"InvalidRequest" in answer.content
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="k")
+
+
+# -- the pure rules ----------------------------------------------------------------
+
+
+def _info(checksum: StoredChecksum | None, data: bytes) -> ObjectInfo:
+    return ObjectInfo("b", "k", len(data), hashlib.md5(data).hexdigest(), 0.0, None, {}, {}, crt.crc32(data), 1,
+                      checksum)  # fmt: skip
+
+
+def test_stored_checksum_round_trip() -> None:
+    for stored in (StoredChecksum("crc64nvme", "AAAAAAAAAAA="), StoredChecksum("sha256", "abc=-3", "COMPOSITE")):
+        assert StoredChecksum.decode(stored.encode()) == stored
+    assert StoredChecksum.decode(None) is None
+
+
+def test_body_hasher_extends_crcs_and_drops_the_rest() -> None:
+    kept = StoredChecksum("crc32c", digest("crc32c", b"abc"))
+    hasher = BodyHasher.for_append(_info(kept, b"abc"))
+    hasher.update(b"def")
+    assert hasher.object_checksum(kept) == StoredChecksum("crc32c", digest("crc32c", b"abcdef"))
+    assert hasher.object_crc32 == crt.crc32(b"abcdef")
+    for dropped in (StoredChecksum("sha1", digest("sha1", b"abc")), StoredChecksum("crc32", "AAAAAA==-2", "COMPOSITE")):
+        hasher = BodyHasher.for_append(_info(dropped, b"abc"))
+        hasher.update(b"def")
+        assert hasher.object_checksum(dropped) is None
+    fresh = BodyHasher.for_new(NewObject(checksum_algorithm="sha256"))
+    fresh.update(b"xyz")
+    assert base64.b64encode(fresh.extra.digest()).decode() == digest("sha256", b"xyz")
