@@ -99,6 +99,8 @@ async def collect_listing(
     contents: list[ObjectInfo] = []
     prefixes: list[str] = []
     after = _skip_group(start_after, prefix, delimiter)
+    if max_keys == 0:  # S3 answers an empty, untruncated page (a truncated one would make paginators loop)
+        return Listing(contents, prefixes, False, after)
     while True:
         page = await storage.list_objects(bucket, prefix=prefix, start_after=after, limit=max_keys + 1)
         for info in page:

@@ -127,3 +127,44 @@ def test_body_hasher_extends_crcs_and_drops_the_rest() -> None:
     fresh = BodyHasher.for_new(NewObject(checksum_algorithm="sha256"))
     fresh.update(b"xyz")
     assert base64.b64encode(fresh.extra.digest()).decode() == digest("sha256", b"xyz")
+
+
+V1_SCHEMA = """
+CREATE TABLE buckets (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE objects (
+    bucket TEXT NOT NULL REFERENCES buckets(name), key TEXT NOT NULL, file_id TEXT NOT NULL, size INTEGER NOT NULL,
+    etag TEXT NOT NULL, last_modified REAL NOT NULL, content_type TEXT, metadata TEXT NOT NULL, system TEXT NOT NULL,
+    crc32 INTEGER, appends INTEGER NOT NULL, PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_index_is_migrated(tmp_path):
+    """A data dir written before checksums and owners were kept opens, reads and appends."""
+    import sqlite3
+
+    from server.storage import open_storage
+
+    file_id = "ab" + "1" * 30
+    (tmp_path / "objects" / "ab").mkdir(parents=True)
+    (tmp_path / "objects" / "ab" / file_id).write_bytes(b"old")
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO buckets VALUES ('old', 1.0)")
+    conn.execute("INSERT INTO objects VALUES ('old', 'k', ?, 3, ?, 1.0, NULL, '{}', '{}', ?, 1)",
+                 (file_id, hashlib.md5(b"old").hexdigest(), crt.crc32(b"old")))  # fmt: skip
+    conn.commit()
+    conn.close()
+
+    async def chunks(data: bytes):
+        yield data
+
+    async with open_storage(tmp_path, fsync=False) as storage:
+        info = await storage.write_object("old", "k", chunks(b"+new"), offset=3)
+        assert (info.size, info.crc32, info.checksum) == (7, crt.crc32(b"old+new"), None)
+        await storage.create_bucket("fresh", owner="someone")
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT name, owner FROM buckets ORDER BY name").fetchall() == [("fresh", "someone"), ("old", None)]
+    conn.close()

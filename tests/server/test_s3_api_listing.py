@@ -91,3 +91,9 @@ def test_version_markers_and_ids(s3, filled, http):
     assert exc.value.response["Error"]["Code"] == "InvalidArgument"
     s3.delete_object(Bucket=filled, Key="b", VersionId="null")
     assert "b" not in [v["Key"] for v in s3.list_object_versions(Bucket=filled)["Versions"]]
+
+
+def test_max_keys_zero_is_an_empty_untruncated_page(s3, filled):
+    page = s3.list_objects_v2(Bucket=filled, MaxKeys=0)
+    assert "Contents" not in page and not page["IsTruncated"] and page["KeyCount"] == 0
+    assert not s3.list_object_versions(Bucket=filled, MaxKeys=0)["IsTruncated"]
