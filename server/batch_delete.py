@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
-from server import xml
+from server import xml, xml_results
 from server.context import Context
 from server.errors import MalformedXML, S3Error
 from server.http import Response
@@ -91,4 +91,4 @@ async def delete_objects(ctx: Context, *, authorize_delete: Callable[[str], None
             nursery.start_soon(delete, entry)
     deleted = [] if quiet else [(e.key, e.version_id) for e in entries if e.error is None]
     errors = [(e.key, e.version_id, *e.error) for e in entries if e.error is not None]
-    return Response(200, [("content-type", "application/xml")], xml.delete_result(deleted, errors))
+    return Response(200, [("content-type", "application/xml")], xml_results.delete_result(deleted, errors))

@@ -34,7 +34,7 @@ from server.multipart import _store, part_number
 from server.objects import META_PREFIX, SSE_HEADERS
 from server.records import GiB, NewObject, ObjectInfo
 from server.versions import check_version_id
-from server.xml import copy_result
+from server.xml_results import copy_result
 
 COPY_SOURCE = "x-amz-copy-source"
 COPY_RANGE = "x-amz-copy-source-range"

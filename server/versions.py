@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from server import xml
+from server import xml_results
 from server.buckets import XML_TYPE, collect_listing, list_params, owner_id
 from server.context import Context
 from server.errors import InvalidArgument
@@ -52,12 +52,12 @@ async def list_object_versions(ctx: Context) -> Response:
         next_key = listing.resume_after.removesuffix("\U0010ffff")
         last_is_object = bool(listing.contents) and listing.contents[-1].key == next_key
         next_version = NULL_VERSION if last_is_object else None
-    body = xml.list_object_versions(
+    body = xml_results.list_object_versions(
         bucket=ctx.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
         key_marker=key_marker, version_id_marker=version_marker or "",
         next_key_marker=next_key, next_version_id_marker=next_version, is_truncated=listing.truncated,
         encoding_type=encoding,
-        versions=[xml.VersionEntry(o.key, o.last_modified, o.etag, o.size) for o in listing.contents],
+        versions=[xml_results.VersionEntry(o.key, o.last_modified, o.etag, o.size) for o in listing.contents],
         common_prefixes=listing.common_prefixes,
         owner=(owner_id(ctx.auth.access_key_id), ctx.auth.access_key_id),
     )  # fmt: skip
