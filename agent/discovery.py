@@ -125,9 +125,10 @@ class Streams:
                 self._input_of[path] = inputs[index]
                 self.shipper.add_stream(Route(path, self.host, inputs[index]), self.shipper.lane(path).state)  # type: ignore[union-attr]
         self._watch_scope.cancel()
+        # Files there now first (``read_from`` applies to new inputs), then events for whatever comes next.
+        await self._start_found(i for i, spec in enumerate(inputs) if signature(spec) not in before)
         assert self._nursery is not None
         await self._nursery.start(self._watch, self.scanner)
-        await self._start_found(i for i, spec in enumerate(inputs) if signature(spec) not in before)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -137,10 +138,16 @@ class Streams:
         found = await trio.to_thread.run_sync(self.scanner.scan)
         self._expected = max(self._expected, len(found))
         claims = self._claims()
-        assert self._nursery is not None
-        for path, index in found.items():
-            if self._startable(path):
-                await self._nursery.start(self._open_stream, path, self.inputs[index], index in fresh, claims)
+        nursery = self._nursery
+        assert nursery is not None
+
+        async def start_one(path: str, index: int) -> None:
+            await nursery.start(self._open_stream, path, self.inputs[index], index in fresh, claims)
+
+        async with trio.open_nursery() as starting:  # in parallel; returns once every tailer runs (or waits)
+            for path, index in found.items():
+                if self._startable(path):
+                    starting.start_soon(start_one, path, index)
         await self.shipper.save()  # the new streams' first states, in one write
 
     async def _watch(self, scanner: Scanner, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -282,6 +289,7 @@ class Streams:
         with trio.CancelScope() as scope:
             self._tailers[path], self._scopes[path] = tailer, scope
             self.metrics.files_watched.set(len(self._tailers))
+            self.shipper.notify()
             try:
                 await tailer.run(task_status=task_status)
             finally:
@@ -291,6 +299,7 @@ class Streams:
                 # Deleted and read to the end: a new file at the path starts at 0.  Stopped: go on from here.
                 self._handoff[path] = BEGINNING if not scope.cancel_called else StartAt(tailer.sent, tailer.identity)
                 exited.set()
+                self.shipper.notify()
         if not scope.cancel_called:
             log.info(events.STREAM_ENDED, stream=path, offset=tailer.sent)
 

@@ -9,13 +9,15 @@ The protocol (DESIGN.md, "Exactly once, end to end"), per append:
 3. PUT through the stream's ``ObjectWriter``, which retries with backoff and
    reconciles ambiguous failures by HEAD (landed / not landed / conflict);
 4. on the answer: the state becomes (f1, r1) in memory and the read-ahead
-   budget is released.  It reaches the disk with the next intent, or at once
-   when the stream has nothing more to send.  That is safe because an intent
-   on disk whose append landed is recognised at the next start (HEAD shows r1).
+   budget is released.  It reaches the disk with the next write, at most
+   ``FLUSH_DELAY`` later.  That is safe because an intent on disk whose
+   append landed is recognised at the next start (HEAD shows r1).
 
-At most ``max_in_flight`` streams have a request on the wire.  Turns are
-handed out round-robin and paced by a token bucket (``agent.pacing``): while a
-stream waits, its new batches join the same append.  A conflict (the object
+At most ``max_in_flight`` streams have a request on the wire, and a few times
+that many turns are under way, so the intents of the streams waiting for a
+request slot share one checkpoint write.  Turns are handed out round-robin
+and paced by a token bucket (``agent.pacing``): while a stream waits, its new
+batches join the same append.  A conflict (the object
 is not what we recorded) stops that stream for this run, loudly; a definite
 refusal (no bucket, access denied) pauses it and tries again.  When the batch
 channel ends the shipper drains: every queued batch goes out, pacing aside,
@@ -56,6 +58,8 @@ APPEND_BURST = 16.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
 MAX_PART_PROBES = 100  # roll-over targets tried before giving up on a stream
 GC_EVERY_BYTES = 8 << 20  # see ``_collect``
+TURNS_PER_SLOT = 8  # turns under way per request slot: their intents go to disk in one write
+FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
 # The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
 
@@ -98,8 +102,11 @@ class Shipper:
         self._ready: dict[str, Lane] = {}  # waiting for a turn; insertion order is turn order
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
         self._tokens = TokenBucket(rate, burst)
-        self._slots = trio.CapacityLimiter(max_in_flight)
+        self._slots = trio.CapacityLimiter(max_in_flight)  # requests on the wire
+        self._max_turns = max_in_flight * TURNS_PER_SLOT  # turns under way: the rest record their intents meanwhile
         self._running = 0
+        self._flush_soon = trio.Event()
+        self._drained = trio.Event()
         self._draining = False
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -156,7 +163,7 @@ class Shipper:
         return None
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Return once ``predicate()`` holds; it is checked after every append and stream change."""
+        """Return once ``predicate()`` holds; it is checked after every append and every ``notify``."""
         while not predicate():
             await self._progress.wait()
 
@@ -179,12 +186,15 @@ class Shipper:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._dispatch)
+                nursery.start_soon(self._flush_acknowledged)
                 task_status.started()
                 async with batches:
                     async for batch in batches:
                         self._enqueue(batch)
                 self._draining = True
                 self._wakeup()
+                await self._drained.wait()
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 self._dirty.update(self._lanes.values())
@@ -213,19 +223,28 @@ class Shipper:
             self._wake = trio.Event()
             now = trio.current_time()
             for stream, lane in list(self._ready.items()):
-                if self._running >= self.max_in_flight or not (self._draining or self._tokens.take(now)):
+                if self._running >= self._max_turns or not (self._draining or self._tokens.take(now)):
                     break
                 del self._ready[stream]
                 lane.busy = True
                 self._running += 1
                 self._nursery.start_soon(self._turn, lane)
             if self._draining and not self._ready and self._running == 0:
+                self._drained.set()
                 return
             wake_at = math.inf
-            if self._ready and self._running < self.max_in_flight:
+            if self._ready and self._running < self._max_turns:
                 wake_at = now if self._draining else self._tokens.ready_at(now)
             with trio.move_on_at(wake_at):
                 await self._wake.wait()
+
+    async def _flush_acknowledged(self) -> None:
+        """Acknowledged states reach the disk with the next intent, or at most FLUSH_DELAY later."""
+        while True:
+            await self._flush_soon.wait()
+            await trio.sleep(FLUSH_DELAY)  # the group-commit window
+            self._flush_soon = trio.Event()
+            await self.save()
 
     async def _turn(self, lane: Lane) -> None:
         try:
@@ -236,26 +255,29 @@ class Shipper:
             if lane.failed is None and not lane.blocked and lane.has_work:
                 self._ready[lane.stream] = lane
             self._wakeup()
-            self._notify()
+            self.notify()
 
     # -- one append ----------------------------------------------------------------------
 
     async def _ship(self, lane: Lane) -> None:
         try:
-            async with self._slots:
-                if lane.failed is not None:
-                    return
-                await self._open_writer(lane)
-                if lane.retry is None:
-                    batches = lane.take(self.max_bytes)
-                    lane.retry = (batches, await self._encode(lane, batches))
-                batches, body = lane.retry
-                if lane.state.intent is None:
+            if lane.failed is not None:
+                return
+            if lane.writer is None:
+                async with self._slots:
+                    await self._open_writer(lane)
+            if lane.retry is None:
+                batches = lane.take(self.max_bytes)
+                lane.retry = (batches, await self._encode(lane, batches))
+            batches, body = lane.retry
+            if lane.state.intent is None:
+                async with self._slots:
                     await self._roll_if_due(lane, len(body))
-                    r0 = lane.state.object_length
-                    intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
-                    lane.state = lane.state.with_intent(intent)
-                    await self._save_with(lane)
+                r0 = lane.state.object_length
+                intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
+                lane.state = lane.state.with_intent(intent)
+                await self._save_with(lane)  # outside the slot: turns waiting for one share this write
+            async with self._slots:
                 assert lane.writer is not None
                 length = await lane.writer.append(body)
         except CheckpointError as exc:
@@ -271,7 +293,7 @@ class Shipper:
             return
         self._landed(lane, batches, body, length)
         if not lane.queue:
-            await self.save()  # nothing follows soon to carry this state to disk
+            self._flush_soon.set()  # nothing follows soon to carry this state to disk
 
     def _landed(self, lane: Lane, batches: tuple[Batch, ...], body: bytes, length: int) -> None:
         lane.retry = None
@@ -312,7 +334,7 @@ class Shipper:
         )
 
     async def _open_writer(self, lane: Lane) -> None:
-        """Learn the object's length: check it against the state, settle a recorded intent."""
+        """The stream's writer at the recorded object length; a recorded intent is settled first (HEAD)."""
         if lane.writer is not None:
             return
         state = lane.state
@@ -322,7 +344,13 @@ class Shipper:
             base, index = state.key, 0
         writer = self._writer(lane, state.key, base, index)
         intent = state.intent
-        verdict = await writer.resume(state.object_length, None if intent is None else intent.r1 - intent.r0)
+        if intent is None:
+            # No HEAD needed: the first append is sent at the recorded length, and the server's
+            # offset check refuses it if the object is not that long (the writer then finds the conflict).
+            writer.offset = state.object_length
+            lane.writer = writer
+            return
+        verdict = await writer.resume(state.object_length, intent.r1 - intent.r0)
         if intent is not None:
             lane.state = state.landed() if verdict is Reconciled.LANDED else state.not_landed()
             self._mark_dirty(lane)
@@ -386,7 +414,7 @@ class Shipper:
             self.metrics.conflicts.inc()
         log.error(events.STREAM_FAILED, stream=lane.stream, key=lane.state.key, offset=lane.state.offset,
                   error=str(exc), error_type=type(exc).__name__)
-        self._notify()
+        self.notify()
         if self.on_failed is not None:
             self.on_failed(lane.stream)
 
@@ -430,7 +458,8 @@ class Shipper:
     def _wakeup(self) -> None:
         self._wake.set()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake ``wait_for`` callers: something they may be waiting on changed (the app calls it too)."""
         self._progress.set()
         self._progress = trio.Event()
 
