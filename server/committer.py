@@ -1,25 +1,33 @@
 """Group commit: concurrent writes share their data flush, one SQLite
 transaction and one WAL fsync.
 
-Writes hand their jobs to dedicated worker threads and park; a thread takes
-everything queued at once as one batch, so under load each flush and each
-commit carries many writes, and alone a write pays one of each.  The trio
+Writes hand their jobs to one dedicated worker thread and park; the thread
+takes everything queued at once as one batch, so under load each flush and
+each commit carries many writes, and alone a write pays one of each.  The trio
 thread is woken once per batch (``TrioToken.run_sync_soon``), not once per
-write and stage: a thread hop costs tens of µs of the event loop's CPU, which
-the HTTP side needs.
+write and stage.
 
-Durable storage pipelines two threads: the *flusher* writes each job's last
-body bytes and makes a batch durable with one flush (``DataFiles.sync_writes``)
--- data must be on disk before the index says it is there -- and passes the
-batch to the *committer*, which runs one transaction and COMMIT (the WAL
-fsync).  The flush of one batch overlaps the commit of the one before.
-Without fsync one thread does both steps.
+A batch, in order: write each job's last body bytes, make them durable with
+one flush (``DataFiles.sync_writes``) -- data must be on disk before the index
+says it is there -- then one transaction and COMMIT (the WAL fsync), then
+``after`` of each committed job (unlink replaced data files).
 
-In the transaction every job's ``apply`` makes at most one changing
+Why one thread, and why appends share one statement: the worker holds the GIL
+between its blocking calls, and every time it takes the GIL back while the
+trio thread is busy, the trio thread stalls and both switch (measured: ~10-15
+µs of the trio thread's CPU per hand-over, more than the work itself).  So a
+batch makes as few separate trips out of Python as it can: one wake-up, one
+write per job, one flush, one SQL statement for all its appends (in autocommit
+that statement is the whole transaction), one wake-up of trio.  Two threads
+(flush of one batch overlapping the commit of the one before) would add a
+hand-over per batch and win nothing while the trio thread is the bottleneck.
+
+In a transaction every other job's ``apply`` makes at most one changing
 statement, so a refused job (e.g. its bucket was just deleted) leaves no
-change behind and does not sink the others.  After the COMMIT, ``after`` of
-each committed job runs (unlink replaced data files).  A job that fails at any
-step has its data file put back (``PendingWrite.discard``).
+change behind and does not sink the others; the appends' statement changes
+only rows that exist with the job's data file (the per-object lock makes a
+miss impossible; one is refused like a failed ``apply``).  A job that fails
+at any step has its data file put back (``PendingWrite.discard``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 import structlog
 import trio
 
+from server import index
 from server.datafiles import DataFiles, PendingWrite
 
 log = structlog.get_logger()
@@ -40,9 +49,10 @@ log = structlog.get_logger()
 
 @dataclass(eq=False, slots=True)
 class CommitJob:
-    """One write's share of a group commit."""
+    """One write's share of a group commit: either ``apply`` or ``appended``."""
 
-    apply: Callable[[sqlite3.Connection], Any]  # in the batch's transaction: reads, then at most ONE changing statement
+    apply: Callable[[sqlite3.Connection], Any] | None = None  # in the batch's transaction: reads, then at most ONE changing statement
+    appended: tuple | None = None  # an append's new row (``index.appended_row``), committed with the batch's other appends
     pending: PendingWrite | None = None  # the data file bytes this commit makes visible
     tail: bytes = b""  # the body's last bytes, still to be written
     after: Callable[[Any], None] | None = None  # clean-up once committed, given apply's result (failures are only logged)
@@ -56,17 +66,18 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 
 
 class _Pipe:
-    """Hands jobs to one worker thread, which takes all that are queued at once."""
+    """Hands jobs to the worker thread, which takes all that are queued at once."""
 
     def __init__(self) -> None:
         self._jobs: list[CommitJob] = []
         self._ready = threading.Condition(threading.Lock())
         self._closed = False
 
-    def put(self, jobs: list[CommitJob]) -> None:
+    def put(self, job: CommitJob) -> None:
         with self._ready:
-            self._jobs += jobs
-            self._ready.notify()
+            self._jobs.append(job)
+            if len(self._jobs) == 1:  # the worker waits only on an empty queue: wake it once per batch
+                self._ready.notify()
 
     def take(self) -> list[CommitJob] | None:
         """Every queued job (blocking until there is one); None once closed and drained."""
@@ -93,21 +104,8 @@ class GroupCommitter:
         self._closed = False
         self.batches = 0
         self.jobs = 0
-        if files.durable:
-            to_commit = _Pipe()
-            self._threads = [
-                threading.Thread(target=self._serve, args=(self._inbox, self._write_and_flush, to_commit), daemon=True,
-                                 name="storage-flusher"),
-                threading.Thread(target=self._serve, args=(to_commit, self._commit_step, None), daemon=True,
-                                 name="storage-committer"),
-            ]
-        else:
-            self._threads = [
-                threading.Thread(target=self._serve, args=(self._inbox, self._write_and_commit, None), daemon=True,
-                                 name="storage-committer")
-            ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="storage-committer")
+        self._thread.start()
 
     def __repr__(self) -> str:
         return f"GroupCommitter(batches={self.batches}, jobs={self.jobs}, closed={self._closed})"
@@ -122,7 +120,7 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("storage is closed")
         job.parked = trio.lowlevel.current_task()
-        self._inbox.put([job])
+        self._inbox.put(job)
         # The wake-up comes through run_sync_soon, which cannot run before this task parks.
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
@@ -130,102 +128,121 @@ class GroupCommitter:
         return job.result
 
     def close(self) -> None:
-        """Finish the queued jobs and stop the threads (blocking: call from a worker thread)."""
+        """Finish the queued jobs and stop the thread (blocking: call from a worker thread)."""
         self._closed = True
         self._inbox.close()
-        for thread in self._threads:
-            thread.join()
+        self._thread.join()
 
-    # -- worker threads ----------------------------------------------------------
+    # -- the worker thread -------------------------------------------------------
 
-    def _serve(self, source: _Pipe, step: Callable[[list[CommitJob]], None], then: _Pipe | None) -> None:
-        while (batch := source.take()) is not None:
+    def _serve(self) -> None:
+        while (batch := self._inbox.take()) is not None:
             try:
-                step(batch)
+                self._write_and_flush(batch)
+                self.batches += 1
+                self.jobs += len(batch)
+                self._commit_batch([job for job in batch if job.error is None])
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
                 log.error("storage_commit_thread_failed", error=repr(exc), jobs=len(batch))
                 for job in batch:
                     if job.error is None:
                         job.error = exc
-            if then is not None:
-                then.put(batch)
+            try:
+                self._token.run_sync_soon(_wake, batch)
+            except trio.RunFinishedError:
+                log.error("storage_commit_after_shutdown", jobs=len(batch))
+
+    def _write_and_flush(self, batch: list[CommitJob]) -> None:
+        written: list[PendingWrite] = []
+        for job in batch:
+            pending = job.pending
+            if pending is None:
+                continue
+            try:
+                pending.finish_writing(job.tail)
+            except Exception as exc:
+                job.error = exc
+                _discard(job)
             else:
-                self._deliver(batch)
-        if then is not None:
-            then.close()
-
-    def _deliver(self, batch: list[CommitJob]) -> None:
+                written.append(pending)
+        if not written:
+            return
         try:
-            self._token.run_sync_soon(_wake, batch)
-        except trio.RunFinishedError:
-            log.error("storage_commit_after_shutdown", jobs=len(batch))
-
-    def _commit_step(self, batch: list[CommitJob]) -> None:
-        self.batches += 1
-        self.jobs += len(batch)
-        self._commit_batch([job for job in batch if job.error is None])
-
-    def _write_and_commit(self, batch: list[CommitJob]) -> None:
-        self._write_and_flush(batch)
-        self._commit_step(batch)
+            self._files.sync_writes(written)
+        except Exception as exc:
+            log.error("storage_flush_failed", error=repr(exc), jobs=len(written))
+            for job in batch:
+                if job.pending is not None and job.error is None:
+                    job.error = exc
+                    _discard(job)
 
     def _commit_batch(self, ready: list[CommitJob]) -> None:
         if not ready:
             return
         conn = self._conn
-        applied: list[CommitJob] = []
+        appends = [job for job in ready if job.appended is not None]
+        others = [job for job in ready if job.appended is None]
+        committed: list[CommitJob] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in ready:
-                try:
-                    job.result = job.apply(conn)
-                except Exception as exc:
-                    # apply makes at most one changing statement, and SQLite backs out a
-                    # failed statement while keeping the transaction: the others stand.
-                    job.error = exc
-                    _discard(job)
-                else:
-                    applied.append(job)
-            conn.execute("COMMIT")
+            if not others:  # only appends: their one statement is a transaction of its own
+                committed = self._apply_appends(appends)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in others:
+                    try:
+                        assert job.apply is not None
+                        job.result = job.apply(conn)
+                    except Exception as exc:
+                        # apply makes at most one changing statement, and SQLite backs out a
+                        # failed statement while keeping the transaction: the others stand.
+                        job.error = exc
+                        _discard(job)
+                    else:
+                        committed.append(job)
+                if appends:
+                    try:
+                        committed += self._apply_appends(appends)
+                    except sqlite3.Error as exc:  # backed out; the transaction and the others stand
+                        _refuse(appends, exc)
+                conn.execute("COMMIT")
         except BaseException as exc:
-            log.error("storage_commit_failed", error=repr(exc), jobs=len(applied))
+            log.error("storage_commit_failed", error=repr(exc), jobs=len(ready))
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error as rollback_exc:
                     log.error("storage_rollback_failed", error=repr(rollback_exc))
-            for job in applied:
-                job.error = exc
-                _discard(job)
+            _refuse([job for job in ready if job.error is None], exc)
             return
-        for job in applied:
+        for job in committed:
             if job.after is not None:
                 try:
                     job.after(job.result)
                 except Exception as exc:
                     log.warning("storage_cleanup_failed", error=repr(exc))
 
-    def _write_and_flush(self, batch: list[CommitJob]) -> None:
-        written: list[CommitJob] = []
-        for job in batch:
-            if job.pending is None:
-                continue
-            try:
-                job.pending.finish_writing(job.tail)
-            except Exception as exc:
-                job.error = exc
-                _discard(job)
+    def _apply_appends(self, appends: list[CommitJob]) -> list[CommitJob]:
+        """One UPDATE for all; the jobs whose row it changed.  Raises sqlite3.Error
+        when the statement fails (then it changed nothing)."""
+        if not appends:
+            return []
+        rows = [job.appended for job in appends]
+        changed = index.update_appended_rows(self._conn, rows)  # type: ignore[arg-type]
+        if changed == len(rows):
+            return appends
+        done = []  # impossible under the per-object locks; find and refuse the misses
+        for job in appends:
+            if index.has_appended_row(self._conn, job.appended):  # type: ignore[arg-type]
+                done.append(job)
             else:
-                written.append(job)
-        if not written:
-            return
-        try:
-            self._files.sync_writes([job.pending for job in written if job.pending is not None])
-        except Exception as exc:
-            log.error("storage_flush_failed", error=repr(exc), jobs=len(written))
-            for job in written:
-                job.error = exc
-                _discard(job)
+                _refuse([job], RuntimeError(f"append to {job.appended[6]}/{job.appended[7]} found no row for its data file"))  # type: ignore[index]
+        return done
+
+
+def _refuse(jobs: list[CommitJob], exc: BaseException) -> None:
+    for job in jobs:
+        job.error = exc
+        _discard(job)
 
 
 def _discard(job: CommitJob) -> None:

@@ -226,19 +226,55 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
         raise NoSuchBucket(resource=info.bucket, BucketName=info.bucket) from exc
 
 
+def appended_row(info: ObjectInfo, file_id: str) -> tuple:
+    """An append's new values, in the order ``update_appended_rows`` takes them."""
+    checksum = None if info.checksum is None else info.checksum.encode()
+    return (info.size, info.etag, info.last_modified, info.crc32, info.appends, checksum, info.bucket, info.key, file_id)
+
+
 def update_appended(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None:
     """Record an append: only the columns an append changes."""
-    cursor = conn.execute(
-        "UPDATE objects SET size = ?, etag = ?, last_modified = ?, crc32 = ?, appends = ?, checksum = ?"
-        " WHERE bucket = ? AND key = ? AND file_id = ?",
-        (
-            info.size, info.etag, info.last_modified, info.crc32, info.appends,
-            None if info.checksum is None else info.checksum.encode(), info.bucket, info.key, file_id,
-        ),  # fmt: skip
-    )
-    if cursor.rowcount != 1:
+    if update_appended_rows(conn, [appended_row(info, file_id)]) != 1:
         # The storage's per-object lock makes this impossible; refuse rather than guess.
         raise RuntimeError(f"append to {info.bucket}/{info.key} found no row for data file {file_id}")
+
+
+_APPEND_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_MAX_APPEND_ROWS = 500  # 9 parameters each, far below SQLite's 32766
+_update_sql: dict[int, str] = {}
+
+
+def update_appended_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Record many appends (``appended_row`` tuples, distinct objects) with one UPDATE
+    per 500; returns how many rows changed.
+
+    Why one statement: it is one call into SQLite, and the committing thread
+    gives up and takes back the GIL once per call, which costs the event loop
+    more than the update itself.  A row changes only if the object still has
+    that data file.
+    """
+    changed = 0
+    for start in range(0, len(rows), _MAX_APPEND_ROWS):
+        chunk = rows[start:start + _MAX_APPEND_ROWS]
+        sql = _update_sql.get(len(chunk))
+        if sql is None:
+            sql = _update_sql[len(chunk)] = (
+                "UPDATE objects SET size = v.column1, etag = v.column2, last_modified = v.column3, crc32 = v.column4,"
+                " appends = v.column5, checksum = v.column6"
+                f" FROM (VALUES {', '.join([_APPEND_ROW] * len(chunk))}) AS v"
+                " WHERE objects.bucket = v.column7 AND objects.key = v.column8 AND objects.file_id = v.column9"
+            )
+        changed += conn.execute(sql, [value for row in chunk for value in row]).rowcount
+    return changed
+
+
+def has_appended_row(conn: sqlite3.Connection, row: tuple) -> bool:
+    """Whether the index holds this append (``appended_row``): its data file and ETag."""
+    etag, bucket, key, file_id = row[1], row[6], row[7], row[8]
+    found = conn.execute(
+        "SELECT 1 FROM objects WHERE bucket = ? AND key = ? AND file_id = ? AND etag = ?", (bucket, key, file_id, etag)
+    ).fetchone()
+    return found is not None
 
 
 def delete_object(conn: sqlite3.Connection, bucket: str, key: str) -> str | None:

@@ -280,7 +280,7 @@ class Storage:
             current, hasher.digest(), hasher.object_crc32, time.time(), hasher.object_checksum(current.checksum)
         )
         await self._committer.run(
-            CommitJob(apply=lambda conn: index.update_appended(conn, info, row.file_id), pending=pending, tail=tail)
+            CommitJob(appended=index.appended_row(info, row.file_id), pending=pending, tail=tail)
         )
         slot.row = IndexedObject(info, row.file_id)
         return info
