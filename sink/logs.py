@@ -3,18 +3,50 @@
 Configured once at start-up: JSON lines for journald and log collectors, a
 readable console rendering when stderr is a terminal.  Per-task context is
 bound with ``structlog.contextvars.bind_contextvars``.
+
+The JSON path is on every request of the server (one ``request`` line each),
+so it is kept short: one processor adds the level and timestamp and encodes
+with one reused encoder, and one logger per stream writes each line with a
+single write (``print`` writes the line and its newline separately when
+Python runs unbuffered).  Lines look exactly as structlog's own
+``add_log_level`` + ``TimeStamper(fmt="iso", utc=True)`` + ``JSONRenderer``
+make them.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}  # as structlog.processors.add_log_level maps them
+_UTC = datetime.timezone.utc
+
+
+def _fallback(obj: Any) -> Any:
+    """What JSONRenderer does with values JSON has no type for: ``__structlog__()``, else repr()."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+class JSONLines:
+    """Processor: add ``level`` and an ISO-8601 UTC ``timestamp``, render one JSON line."""
+
+    def __init__(self) -> None:
+        self._encode = json.JSONEncoder(default=_fallback).encode
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
+        event_dict["level"] = _LEVEL_OF_METHOD.get(method_name, method_name)
+        event_dict["timestamp"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+        return self._encode(event_dict)
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: TextIO | None = None) -> None:
@@ -24,20 +56,21 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: T
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
-    structlog.configure(
-        processors=[
+    if fmt == "json":
+        processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.format_exc_info, JSONLines()]
+    else:
+        processors = [
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
-            renderer,
-        ],
+            structlog.dev.set_exc_info,
+            structlog.dev.ConsoleRenderer(colors=stream.isatty()),
+        ]
+    writer = structlog.WriteLogger(stream)  # one per stream; its lock is the stream's
+
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
