@@ -1,0 +1,123 @@
+"""Agent benchmarks (issue "The agent", Benchmarks): throughput, freshness, many files, memory, kill -9.
+
+Each figure is printed next to a limit measured in the same run (the machine
+is 2 shared cores): the throughput next to a bare loop that reads the same
+file and appends it in 1 MiB bodies to the same server; freshness and CPU
+next to the polling resolution and the window they were taken over.  Every
+run ends by comparing the objects with the files byte for byte: a fast
+wrong answer is not a result (``Exactness`` raises).
+
+The agent is always the real daemon in its own process with the default
+config (only the sink, inputs, state directory and host are set); the
+server is ``tests.support.ServerProcess``.  Observers are cheap on purpose:
+raw-socket requests (``bench.raws3``), one listing for many objects.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, wait_until
+from bench.logwriter import LINE, MiB, write_file
+from bench.raws3 import RawS3
+from bench.verify import Exactness, sizes_reached, verify
+from tests.support import REPO, ServerProcess
+
+Row = tuple[str, str, str, str]
+
+
+# -- 1. throughput --------------------------------------------------------------------------
+
+
+def bare_loop_mbs(port: int, path: Path, key: str) -> float:
+    """The ceiling: read ``path`` into one reused 1 MiB buffer and append each piece over one connection."""
+    buffer = bytearray(MiB)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f, RawS3(port) as s3:
+        started = time.monotonic()
+        offset = 0
+        while n := f.readinto(buffer):
+            s3.append(BUCKET, key, offset, view[:n])
+            offset += n
+        elapsed = time.monotonic() - started
+        if s3.head_length(BUCKET, key) != path.stat().st_size:
+            raise Exactness(f"{key}: the bare loop's object is not the file's size")
+    return offset / elapsed / 1e6
+
+
+def ship_files(server: ServerProcess, workdir: Path, staged: list[Path], timeout: float) -> float:
+    """Move ``staged`` files into the watched directory at once; seconds until every object is complete."""
+    logs = workdir / "logs"
+    sizes = {f"{HOST}/{p.name}": p.stat().st_size for p in staged}
+    with RawS3(server.port) as s3:
+        started = time.monotonic()
+        for path in staged:
+            path.rename(logs / path.name)
+        prefix = f"{HOST}/{staged[0].name[:2]}"
+        done = wait_until(lambda: sizes_reached(s3, BUCKET, prefix, sizes), timeout, f"{len(staged)} files shipped")
+        verify(s3, BUCKET, {key: [logs / key.split("/", 1)[1]] for key in sizes})
+    return done - started
+
+
+def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int) -> list[Row]:
+    """One stream, ``rounds`` times, each right after the bare loop on the same file; then ``many`` at once."""
+    workdir, staging = tmp / "throughput", tmp / "staging"
+    workdir.mkdir()
+    staging.mkdir()
+    server = ServerProcess(tmp / "throughput-data").start()
+    agent = None
+    try:
+        with RawS3(server.port) as s3:
+            s3.create_bucket(BUCKET)
+        agent = AgentProcess(agent_config(workdir, server.url, BUCKET)).start().wait_ready()
+        ceilings, ours, cpus = [], [], []
+        for r in range(rounds):
+            single = staging / f"one{r}.log"
+            size = write_file(single, round_mib * MiB, single.name)
+            ceilings.append(bare_loop_mbs(server.port, single, f"ceiling/{single.name}"))
+            cpu0 = cpu_seconds(agent.pid)
+            seconds = ship_files(server, workdir, [single], timeout=max(60, size / 10e6))
+            cpus.append((cpu_seconds(agent.pid) - cpu0) / seconds)
+            ours.append(size / seconds / 1e6)
+        batch = [staging / f"m{i:03d}.log" for i in range(many)]
+        for path in batch:
+            write_file(path, many_mib * MiB, path.name)
+        many_size = sum(p.stat().st_size for p in batch)
+        many_mbs = many_size / ship_files(server, workdir, batch, timeout=max(60, many_size / 5e6)) / 1e6
+        if agent.stop() != 0:
+            raise RuntimeError(f"the agent did not drain: {agent.tail()}")
+    finally:
+        if agent is not None:
+            agent.kill()
+        server.stop()
+    ceiling, one = median(ceilings), median(ours)
+    ratios = [o / c for o, c in zip(ours, ceilings)]
+    return [
+        (f"bare loop: read + 1 MiB appends, {round_mib} MiB of 100-byte lines", f"{ceiling:,.0f} MB/s",
+         f"ceiling, median of {rounds} (" + ", ".join(f"{c:.0f}" for c in ceilings) + ")", ""),
+        ("agent, one stream of 100-byte lines", f"{one:,.0f} MB/s, {one * 1e6 / LINE:,.0f} lines/s",
+         f"{median(ratios):.2f}x ceiling (each round right after its ceiling: "
+         + ", ".join(f"{x:.2f}" for x in ratios) + f"), agent CPU {median(cpus):.2f} core",
+         "target >= 0.8x and >= 80 MB/s"),
+        (f"agent, {many} streams at once ({many_mib} MiB each)", f"{many_mbs:,.0f} MB/s aggregate",
+         f"{many_mbs / ceiling:.2f}x ceiling", ""),
+    ]
+
+
+def measure(quick: bool = False) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(dir=REPO) as name:
+        tmp = Path(name)
+        rows += throughput(tmp, rounds=2 if quick else 3, round_mib=48 if quick else 192, many=100, many_mib=1 if quick else 4)
+    return rows
+
+
+if __name__ == "__main__":
+    from bench.__main__ import print_table
+
+    print_table("agent (issue: the agent)", measure(quick="--quick" in sys.argv))
