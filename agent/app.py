@@ -35,7 +35,7 @@ from agent import events
 from agent.batcher import Batch, BatchRules, Chunk, run_batcher
 from agent.checkpoint import open_checkpoint
 from agent.config import AgentConfig, load_config
-from agent.connect import SinkHealth, head_bucket, open_s3
+from agent.connect import SinkHealth, open_s3, probe_bucket, probe_key
 from agent.discovery import Streams
 from agent.errors import ConfigError
 from agent.metrics import CONTENT_TYPE, AgentMetrics
@@ -172,12 +172,12 @@ class Agent:
     # -- the sink's health ---------------------------------------------------------------------
 
     async def _probe_sink(self, client: S3Client) -> None:
-        """While the sink is not ready, ask it (HeadBucket) every PROBE_INTERVAL."""
+        """While the sink is not ready, ask it (``probe_bucket``) every PROBE_INTERVAL."""
         while True:
             while self.health.ready:
                 await self.health.wait_changed()
             try:
-                await head_bucket(client, self.config.sink.bucket)
+                await probe_bucket(client, self.config.sink.bucket, probe_key(self.host))
                 self.health.accepted()
             except RemoteError as exc:
                 if exc.status < 500:

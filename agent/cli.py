@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{prog}: {args.config}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # YAML errors come on several lines
+        where = "" if not exc.path and str(args.config) in message else f"{args.config}: "
+        print(f"{prog}: {where}{message}", file=sys.stderr)
         return EXIT_FAILED
     if command == "validate":
         return validate(config, args.config, check=args.check_sink)

@@ -10,14 +10,15 @@ header, as tail-to-bucket does.
 through a transport wrapped around httpx's own (transports are injected, never
 patched): no answer or a 5xx marks the sink unreachable, any other answer
 marks it reachable.  A definite refusal (no such bucket, access denied) is
-recorded by the shipper.  ``check_sink`` is ``tailbucket validate --check-sink``.
+recorded by the shipper; ``probe_bucket`` is how the app asks again.
+``check_sink`` is ``tailbucket validate --check-sink``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,10 +29,9 @@ import trio
 from agent import events
 from agent.config import SinkConfig
 from agent.tail_to_bucket import is_directory_bucket
-from sink import protocol
 from sink.client import S3Client
 from sink.credentials import resolve_config
-from sink.errors import SinkError
+from sink.errors import RemoteError, SinkError
 from sink.protocol import Endpoint, aws_endpoint, s3express_endpoint
 from sink.session import SESSION_TOKEN_HEADER, SIGNING_SERVICE, S3ExpressSessions, SessionGrant
 from sink.sigv4 import SigV4Auth
@@ -157,10 +157,23 @@ async def open_s3(
         yield S3Client(http, endpoint, auth=sessions, addressing=sink.addressing, region=cfg.region)
 
 
-async def head_bucket(client: S3Client, bucket: str) -> None:
-    """Raise unless the bucket exists and these credentials may use it (S3 ``HeadBucket``)."""
-    url = protocol.bucket_url(client.endpoint, bucket, client.addressing)
-    await client.send(protocol.Request("HEAD", url), bucket, None)
+def probe_key(host: str) -> str:
+    return f".tailbucket-probe/{host}/ready"
+
+
+async def probe_bucket(client: S3Client, bucket: str, key: str) -> None:
+    """Raise unless the bucket exists and these keys may read it.
+
+    A one-byte GET of a key that normally does not exist: its 404 names
+    ``NoSuchKey`` or ``NoSuchBucket`` and a refusal names its reason, where a
+    HEAD answers with a bare status (and HeadBucket needs list permission
+    that the agent does not).
+    """
+    try:
+        await client.get_object(bucket, key, (0, 0))
+    except RemoteError as exc:
+        if exc.code not in ("NoSuchKey", "InvalidRange"):
+            raise
 
 
 @dataclass(frozen=True)
@@ -179,9 +192,9 @@ async def check_sink(client: S3Client, bucket: str, host: str) -> list[Step]:
     steps: list[Step] = []
     created = False
 
-    async def step(name: str, action: Callable[[], object]) -> bool:
+    async def step(name: str, action: Callable[[], Awaitable[object]]) -> bool:
         try:
-            await action()  # type: ignore[misc]
+            await action()
         except (SinkError, ProbeMismatch) as exc:
             steps.append(Step(name, str(exc)))
             return False
@@ -199,13 +212,12 @@ async def check_sink(client: S3Client, bucket: str, host: str) -> list[Step]:
             raise ProbeMismatch(f"read back {len(got)} bytes that are not the {len(first + second)} appended")
 
     try:
-        ok = await step(f"bucket {bucket} is reachable", lambda: head_bucket(client, bucket))
-        ok = ok and await step(f"create {key}", create)
+        ok = await step(f"create {bucket}/{key}", create)
         ok = ok and await step(f"append at offset {len(first)}", lambda: client.append(bucket, key, len(first), second))
         ok = ok and await step("read it back", read_back)
     finally:
         if created:
-            await step(f"delete {key}", lambda: client.delete_object(bucket, key))
+            await step(f"delete {bucket}/{key}", lambda: client.delete_object(bucket, key))
     return steps
 
 
