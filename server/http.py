@@ -126,14 +126,14 @@ class Request:
     remote: tuple[str, int] | None
     body: RequestBody
     request_id: str = ""
+    _first: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
+        first = self._first
+        if first is None:  # built on first use (a request asks for a dozen headers); the first value wins
+            first = self._first = dict(reversed(self.headers))
+        return first.get(name.lower(), default)
 
 
 @dataclass(slots=True)

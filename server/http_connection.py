@@ -59,7 +59,6 @@ class HTTPConnection:
         self.peer_closed = False  # EOF or reset seen on the socket
         self.body_failed = False  # a body read raised (timeout, bad framing): this connection is done
         self.requests = 0
-        self._socket = stream.socket
         self._fd = stream.socket.fileno()
         self._io = trio.CancelScope()  # its deadline guards the wait named by _waiting
         self._waiting = ""  # "idle" | "head" | "send"
@@ -151,17 +150,35 @@ class HTTPConnection:
             io.cancel()
         self.signal.idle_scopes.add(io)
         try:
-            await self._receive()
+            await self._receive(idle=True)
         finally:
             self.signal.idle_scopes.discard(io)
 
-    async def _receive(self) -> None:
-        # The trio socket itself, not SocketStream.receive_some: this is the hot path,
-        # and SocketStream's per-call wrappers cost more than the h11 parse of a small request.
+    async def _receive(self, *, idle: bool = False) -> None:
+        """Feed h11 the next bytes from the socket (b"" at EOF or on a reset).
+
+        The raw fd, not SocketStream.receive_some or trio's socket recv: this is the
+        hot path, and their per-call wrappers cost more than the h11 parse of a small
+        request.  ``idle``: waiting for a keep-alive client's next request, whose
+        bytes are almost never there yet -- wait for readability first instead of
+        failing a read.  Either way this is a checkpoint, as trio's recv is.
+        """
+        fd = self._fd
         try:
-            data = await self._socket.recv(RECEIVE_SIZE)
+            if idle:
+                await trio.lowlevel.wait_readable(fd)
+            while True:
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    idle = True
+                    continue
+                break
         except (OSError, trio.ClosedResourceError):
-            data = b""
+            data, idle = b"", True
+        if not idle:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # read without waiting: still let others run
         if not data:
             self.peer_closed = True
         self.conn.receive_data(data)
