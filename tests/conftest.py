@@ -11,6 +11,7 @@ import os
 import re
 
 import pytest
+import structlog
 
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess, client_env
 
@@ -23,6 +24,13 @@ def pytest_pyfunc_call(pyfuncitem):
         exc = exc.exceptions[0]
     if exc is not None and exc is not outcome.excinfo[1]:
         outcome.force_exception(exc)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """A test that configures logging (a CLI's main() run in-process) must not filter the next one's events."""
+    yield
+    structlog.reset_defaults()
 
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
