@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from statistics import median
 
+from bench import agent_load, agent_soak
 from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, wait_until
 from bench.logwriter import LINE, MiB, write_file
 from bench.raws3 import RawS3
@@ -109,15 +110,27 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
     ]
 
 
-def measure(quick: bool = False) -> list[Row]:
+def measure(quick: bool = False, only: str = "") -> list[Row]:
+    """Every agent benchmark (about 7 minutes; ``quick``: about 2).  ``only``: the parts named, comma-separated."""
+    wanted = set(filter(None, only.split(","))) or {"throughput", "freshness", "many", "soak"}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=REPO) as name:
         tmp = Path(name)
-        rows += throughput(tmp, rounds=2 if quick else 3, round_mib=48 if quick else 192, many=100, many_mib=1 if quick else 4)
+        if "throughput" in wanted:
+            rows += throughput(tmp, rounds=2 if quick else 3, round_mib=48 if quick else 192, many=100,
+                               many_mib=1 if quick else 4)
+        if "freshness" in wanted:
+            rows += agent_load.freshness(tmp, files=10, rate=10_000, seconds=5 if quick else 20, poll=0.02)
+        if "many" in wanted:
+            rows += agent_load.many_files(tmp, files=1000, per_file=10, window=8 if quick else 30,
+                                          outage=8 if quick else 30, poll=0.05, sample=100)
+        if "soak" in wanted:
+            rows += agent_soak.soak(tmp, kills=10 if quick else 50, rate=1e6, rotate_bytes=2 * MiB, max_delay=2.5)
     return rows
 
 
 if __name__ == "__main__":
     from bench.__main__ import print_table
 
-    print_table("agent (issue: the agent)", measure(quick="--quick" in sys.argv))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    print_table("agent (issue: the agent)", measure(quick="--quick" in sys.argv, only=args[0] if args else ""))

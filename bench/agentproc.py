@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -113,6 +114,16 @@ class AgentProcess:
         if not self._ready.wait(timeout) or self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"the agent did not get ready: {self.tail()}")
         return self
+
+    def metric(self, name: str) -> float:
+        """An unlabelled sample from the agent's ``/metrics`` (e.g. ``tailbucket_agent_appends_total``)."""
+        ready = next(e for e in self.events if e.get("event") == "agent_ready")
+        with urllib.request.urlopen(f"http://{ready['status']}/metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                sample, _, value = line.partition(" ")
+                if sample == name:
+                    return float(value)
+        raise KeyError(name)
 
     def count(self, name: str) -> int:
         return sum(1 for e in self.events if e.get("event") == name)

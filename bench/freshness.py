@@ -90,7 +90,11 @@ class SizePoller:
         if not self._receive.poll(timeout):
             self._proc.kill()
             raise RuntimeError("the size poller did not answer")
-        seen, self.polls = self._receive.recv()
+        try:
+            seen, self.polls = self._receive.recv()
+        except EOFError:
+            self._proc.join(timeout)
+            raise RuntimeError(f"the size poller died (exit code {self._proc.exitcode})") from None
         self._proc.join(timeout)
         return seen
 

@@ -1,0 +1,163 @@
+"""Agent under a steady load of lines: freshness, CPU, memory, and a server outage.
+
+Writers (``bench.logwriter.PacedWriter``) timestamp every write; a poller in
+another process (``bench.freshness.SizePoller``) notes when each object grew;
+a line's freshness is the first sighting of its bytes minus its write time.
+The agent's CPU is its own ``/proc`` utime + stime over the measured window,
+its memory VmRSS / VmHWM.  Every scenario ends with the objects compared with
+the files byte for byte.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
+from bench.freshness import SizePoller, line_latencies, percentile
+from bench.logwriter import PacedWriter
+from bench.raws3 import RawS3
+from bench.verify import sizes_reached, verify
+from tests.support import ServerProcess
+
+Row = tuple[str, str, str, str]
+
+
+@dataclass
+class Fleet:
+    """A server with a bucket, ``count`` empty log files and an agent tailing all of them."""
+
+    server: ServerProcess
+    agent: AgentProcess
+    paths: list[Path]
+
+    @classmethod
+    def start(cls, tmp: Path, name: str, count: int) -> Fleet:
+        workdir = tmp / name
+        workdir.mkdir()
+        server = ServerProcess(tmp / f"{name}-data").start()
+        with RawS3(server.port) as s3:
+            s3.create_bucket(BUCKET)
+        config = agent_config(workdir, server.url, BUCKET)
+        paths = [workdir / "logs" / f"f{i:04d}.log" for i in range(count)]
+        for path in paths:
+            path.touch()
+        agent = AgentProcess(config).start().wait_ready(timeout=120)
+        wait_until(lambda: agent.count("stream_started") >= count, 120, f"{count} streams started")
+        return cls(server, agent, paths)
+
+    def keys(self, paths: list[Path] | None = None) -> dict[str, Path]:
+        return {f"{HOST}/{p.name}": p for p in (self.paths if paths is None else paths)}
+
+    def caught_up(self, timeout: float) -> float:
+        """Wait until every object is as long as its file; then compare them all.  When it caught up."""
+        sizes = {key: path.stat().st_size for key, path in self.keys().items()}
+        with RawS3(self.server.port) as s3:
+            done = wait_until(lambda: sizes_reached(s3, BUCKET, f"{HOST}/", sizes), timeout, "objects caught up",
+                              every=0.1)
+            verify(s3, BUCKET, {key: [path] for key, path in self.keys().items()})
+        return done
+
+    def close(self) -> None:
+        try:
+            if self.agent.proc is not None and self.agent.proc.poll() is None and self.agent.stop() != 0:
+                raise RuntimeError(f"the agent did not drain: {self.agent.tail()}")
+        finally:
+            self.agent.kill()
+            self.server.stop()
+
+
+APPENDS = "tailbucket_agent_appends_total"
+
+
+def observe(agent: AgentProcess, seconds: float) -> tuple[float, float]:
+    """Let ``seconds`` pass (the writers write, the agent ships); the agent's CPU (cores) and appends/s meanwhile."""
+    cpu0, appends0, started = cpu_seconds(agent.pid), agent.metric(APPENDS), time.monotonic()
+    time.sleep(seconds)  # the measured window
+    elapsed = time.monotonic() - started
+    return (cpu_seconds(agent.pid) - cpu0) / elapsed, (agent.metric(APPENDS) - appends0) / elapsed
+
+
+def latencies_of(writer: PacedWriter, seen: dict, fleet: Fleet, paths: list[Path], before: float) -> tuple[list[float], int]:
+    """Every line's freshness for ``paths``, for writes made before ``before``; and lines never seen."""
+    out: list[float] = []
+    missing = 0
+    index = {p: i for i, p in enumerate(writer.paths)}
+    for key, path in fleet.keys(paths).items():
+        log = writer.logs[index[path]]
+        cut = next((i for i, t in enumerate(log.times) if t >= before), len(log.times))
+        log = type(log)(log.ends[:cut], log.times[:cut], log.counts[:cut])
+        got, lost = line_latencies(log, seen.get(key))
+        out += got
+        missing += lost
+    return out, missing
+
+
+def freshness(tmp: Path, files: int, rate: int, seconds: float, poll: float) -> list[Row]:
+    """``rate`` lines/s over ``files`` files for ``seconds``: p50/p99 write-to-visible, agent CPU."""
+    fleet = Fleet.start(tmp, "fresh", files)
+    try:
+        poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/", poll).start()
+        writer = PacedWriter(fleet.paths, rate).start()
+        cpu, appends = observe(fleet.agent, seconds)
+        writer.stop()
+        fleet.caught_up(timeout=60)
+        seen = poller.stop()
+        lat, missing = latencies_of(writer, seen, fleet, fleet.paths, before=float("inf"))
+    finally:
+        fleet.close()
+    if missing:
+        raise AssertionError(f"{missing} lines never seen by the poller although the objects are complete")
+    achieved = writer.lines_written / seconds
+    return [(f"freshness, {rate:,} lines/s over {files} files ({achieved:,.0f} written)",
+             f"p50 {percentile(lat, 50) * 1e3:.0f} ms, p99 {percentile(lat, 99) * 1e3:.0f} ms",
+             f"upper bound (polled every {poll * 1e3:.0f} ms); agent CPU {cpu:.2f} core, {appends:.0f} appends/s",
+             "target p50 <= 100 ms, p99 <= 500 ms")]
+
+
+def many_files(tmp: Path, files: int, per_file: float, window: float, outage: float, poll: float,
+               sample: int) -> list[Row]:
+    """``files`` files at ``per_file`` lines/s each: CPU and freshness, peak RSS, then a server outage."""
+    fleet = Fleet.start(tmp, "many", files)
+    sampled = fleet.paths[:sample]  # f0000..f0099: one listing of a prefix
+    try:
+        poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/f{'0' * (4 - len(str(sample - 1)))}", poll).start()
+        writer = PacedWriter(fleet.paths, files * per_file).start()
+        time.sleep(min(5.0, window / 3))  # warm-up: every stream has had its first append
+        cpu, appends = observe(fleet.agent, window)
+        steady_peak = memory_mib(fleet.agent.pid)["VmHWM"]
+        # The outage: the writers go on, the agent must not buffer.
+        before = memory_mib(fleet.agent.pid)["VmRSS"]
+        down_at = time.monotonic()
+        fleet.server.kill()
+        rss = []
+        while time.monotonic() - down_at < outage:
+            time.sleep(0.5)  # the sampling pace
+            rss.append(memory_mib(fleet.agent.pid)["VmRSS"])
+        fleet.server.restart()
+        up_at = time.monotonic()
+        time.sleep(1.0)  # the writers go on a moment after the server is back
+        writer.stop()
+        caught_up = fleet.caught_up(timeout=180) - up_at
+        seen = poller.stop()
+        lat, missing = latencies_of(writer, seen, fleet, sampled, before=down_at)
+        memory = memory_mib(fleet.agent.pid)
+    finally:
+        fleet.close()
+    if missing:
+        raise AssertionError(f"{missing} lines written before the outage never seen by the poller")
+    low, high = min(rss) / before - 1, max(rss) / before - 1
+    return [
+        (f"{files:,} files x {per_file:g} lines/s: agent CPU", f"{cpu:.2f} core",
+         f"{appends:.0f} appends/s over {window:.0f} s (after {min(5.0, window / 3):.0f} s warm-up)",
+         "target <= 0.5 core"),
+        (f"{files:,} files x {per_file:g} lines/s: freshness", f"p50 {percentile(lat, 50) * 1e3:.0f} ms, "
+         f"p99 {percentile(lat, 99) * 1e3:.0f} ms", f"{sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
+         "target p99 <= 1 s"),
+        (f"peak RSS tailing {files:,} files", f"{steady_peak:.0f} MiB",
+         f"{memory['VmHWM']:.0f} MiB including the catch-up after the outage", "target <= 80 MiB"),
+        (f"RSS during a {outage:.0f} s server outage (writers on)", f"{low:+.1%} .. {high:+.1%}",
+         f"of {before:.0f} MiB before; caught up {caught_up:.1f} s after the restart, objects == files",
+         "target within +-10%"),
+    ]
