@@ -243,7 +243,7 @@ def test_deleting_a_bucket_drops_its_uploads(s3):
 def test_aws_cli_cp_of_a_large_file_uses_multipart(server, bucket, aws_env, tmp_path, s3):
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(9 * MiB))  # over the CLI's 8 MiB multipart threshold
-    run = subprocess.run([AWS, "--endpoint-url", server.url, "s3", "cp", str(src), f"s3://{bucket}/big.bin"],
+    run = subprocess.run([AWS, "--endpoint-url", server.url, "--cli-read-timeout", "10", "s3", "cp", str(src), f"s3://{bucket}/big.bin"],
                          env=aws_env, capture_output=True, timeout=120)
     assert run.returncode == 0, run.stderr
     head = s3.head_object(Bucket=bucket, Key="big.bin", ChecksumMode="ENABLED")
