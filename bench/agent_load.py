@@ -10,18 +10,21 @@ the files byte for byte.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
+from bench.agentproc import CLOCK_TICKS, BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
+from bench import loadgen
 from bench.freshness import SizePoller, line_latencies, percentile
-from bench.logwriter import PacedWriter
+from bench.logwriter import LINE, PacedWriter
 from bench.raws3 import RawS3
 from bench.verify import sizes_reached, verify
-from tests.support import ServerProcess
+from tests.support import ACCESS_KEY, SECRET_KEY, ServerProcess
 
 Row = tuple[str, str, str, str]
+MAX_IN_FLIGHT = 4  # the agent's default ``max_in_flight``
 
 
 @dataclass
@@ -71,12 +74,36 @@ class Fleet:
 APPENDS = "tailbucket_agent_appends_total"
 
 
-def observe(agent: AgentProcess, seconds: float) -> tuple[float, float]:
-    """Let ``seconds`` pass (the writers write, the agent ships); the agent's CPU (cores) and appends/s meanwhile."""
-    cpu0, appends0, started = cpu_seconds(agent.pid), agent.metric(APPENDS), time.monotonic()
+@dataclass
+class Window:
+    """What a measured window saw: CPU in cores (agent, server, whole machine) and the agent's appends/s."""
+
+    agent_cpu: float
+    server_cpu: float
+    machine_busy: float
+    appends: float
+
+    def __str__(self) -> str:
+        return (f"{self.appends:.0f} appends/s; server {self.server_cpu:.2f} core, "
+                f"machine {self.machine_busy:.1f} of {os.cpu_count()} cores busy")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
+
+
+def observe(fleet: Fleet, seconds: float) -> Window:
+    """Let ``seconds`` pass (the writers write, the agent ships) and say what it cost."""
+    agent, server = fleet.agent.pid, fleet.server.proc.pid  # type: ignore[union-attr]
+    a0, s0, (m0, _), n0, t0 = cpu_seconds(agent), cpu_seconds(server), machine_cpu(), fleet.agent.metric(APPENDS), time.monotonic()
     time.sleep(seconds)  # the measured window
-    elapsed = time.monotonic() - started
-    return (cpu_seconds(agent.pid) - cpu0) / elapsed, (agent.metric(APPENDS) - appends0) / elapsed
+    elapsed = time.monotonic() - t0
+    busy = machine_cpu()[0] - m0
+    return Window((cpu_seconds(agent) - a0) / elapsed, (cpu_seconds(server) - s0) / elapsed, busy / elapsed,
+                  (fleet.agent.metric(APPENDS) - n0) / elapsed)
 
 
 def latencies_of(writer: PacedWriter, seen: dict, fleet: Fleet, paths: list[Path], before: float) -> tuple[list[float], int]:
@@ -100,7 +127,7 @@ def freshness(tmp: Path, files: int, rate: int, seconds: float, poll: float) -> 
     try:
         poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/", poll).start()
         writer = PacedWriter(fleet.paths, rate).start()
-        cpu, appends = observe(fleet.agent, seconds)
+        window = observe(fleet, seconds)
         writer.stop()
         fleet.caught_up(timeout=60)
         seen = poller.stop()
@@ -112,8 +139,23 @@ def freshness(tmp: Path, files: int, rate: int, seconds: float, poll: float) -> 
     achieved = writer.lines_written / seconds
     return [(f"freshness, {rate:,} lines/s over {files} files ({achieved:,.0f} written)",
              f"p50 {percentile(lat, 50) * 1e3:.0f} ms, p99 {percentile(lat, 99) * 1e3:.0f} ms",
-             f"upper bound (polled every {poll * 1e3:.0f} ms); agent CPU {cpu:.2f} core, {appends:.0f} appends/s",
+             f"upper bound (polled every {poll * 1e3:.0f} ms); agent CPU {window.agent_cpu:.2f} core, {window}",
              "target p50 <= 100 ms, p99 <= 500 ms")]
+
+
+def server_ceiling(port: int, connections: int, count: int, body: int) -> float:
+    """Appends/s the server takes from a client that costs nothing: pre-signed ``body``-byte appends over
+    ``connections`` keep-alive connections (the agent's ``max_in_flight``), one new object each.  No agent
+    can append more often than this, and each of N busy streams gets at most ceiling / N appends a second."""
+    data = os.urandom(body)
+    heads = [[loadgen.signed_request("PUT", f"127.0.0.1:{port}", f"/{BUCKET}/ceiling/{c}", body=data,
+                                     headers={"x-amz-write-offset-bytes": str(i * body)},
+                                     access_key=ACCESS_KEY, secret=SECRET_KEY)
+              for i in range(count // connections)] for c in range(connections)]
+    result = loadgen.run(port, heads)
+    if result.statuses != {200: result.requests}:
+        raise RuntimeError(f"the ceiling's appends were refused: {result.statuses}")
+    return result.rate
 
 
 def many_files(tmp: Path, files: int, per_file: float, window: float, outage: float, poll: float,
@@ -122,10 +164,12 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
     fleet = Fleet.start(tmp, "many", files)
     sampled = fleet.paths[:sample]  # f0000..f0099: one listing of a prefix
     try:
+        idle = memory_mib(fleet.agent.pid)["VmRSS"]
+        ceiling = server_ceiling(fleet.server.port, MAX_IN_FLIGHT, 2000, int(per_file * LINE))  # the agent is idle
         poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/f{'0' * (4 - len(str(sample - 1)))}", poll).start()
         writer = PacedWriter(fleet.paths, files * per_file).start()
         time.sleep(min(5.0, window / 3))  # warm-up: every stream has had its first append
-        cpu, appends = observe(fleet.agent, window)
+        seen_window = observe(fleet, window)
         steady_peak = memory_mib(fleet.agent.pid)["VmHWM"]
         # The outage: the writers go on, the agent must not buffer.
         before = memory_mib(fleet.agent.pid)["VmRSS"]
@@ -149,14 +193,17 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         raise AssertionError(f"{missing} lines written before the outage never seen by the poller")
     low, high = min(rss) / before - 1, max(rss) / before - 1
     return [
-        (f"{files:,} files x {per_file:g} lines/s: agent CPU", f"{cpu:.2f} core",
-         f"{appends:.0f} appends/s over {window:.0f} s (after {min(5.0, window / 3):.0f} s warm-up)",
+        (f"{files:,} files x {per_file:g} lines/s: agent CPU", f"{seen_window.agent_cpu:.2f} core",
+         f"over {window:.0f} s (after {min(5.0, window / 3):.0f} s warm-up): {seen_window}",
          "target <= 0.5 core"),
         (f"{files:,} files x {per_file:g} lines/s: freshness", f"p50 {percentile(lat, 50) * 1e3:.0f} ms, "
          f"p99 {percentile(lat, 99) * 1e3:.0f} ms", f"{sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
          "target p99 <= 1 s"),
+        (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections", f"{ceiling:,.0f} appends/s",
+         f"zero-cost client, same server, same run: a turn per stream every >= {files / ceiling:.1f} s", ""),
         (f"peak RSS tailing {files:,} files", f"{steady_peak:.0f} MiB",
-         f"{memory['VmHWM']:.0f} MiB including the catch-up after the outage", "target <= 80 MiB"),
+         f"idle with {files:,} files {idle:.0f} MiB; {memory['VmHWM']:.0f} MiB including the catch-up after the outage",
+         "target <= 80 MiB"),
         (f"RSS during a {outage:.0f} s server outage (writers on)", f"{low:+.1%} .. {high:+.1%}",
          f"of {before:.0f} MiB before; caught up {caught_up:.1f} s after the restart, objects == files",
          "target within +-10%"),
