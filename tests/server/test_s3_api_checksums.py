@@ -168,3 +168,33 @@ async def test_a_version_1_index_is_migrated(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     assert conn.execute("SELECT name, owner FROM buckets ORDER BY name").fetchall() == [("fresh", "someone"), ("old", None)]
     conn.close()
+
+
+def _trailer_body(data: bytes, algorithm: str, value: str) -> tuple[bytes, dict[str, str]]:
+    """An unsigned aws-chunked body whose checksum comes as a trailer (what SDKs send over HTTPS)."""
+    body = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n" + f"x-amz-checksum-{algorithm}:{value}\r\n\r\n".encode()
+    headers = {
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(len(data)), "x-amz-trailer": f"x-amz-checksum-{algorithm}",
+    }  # fmt: skip
+    return body, headers
+
+
+def test_trailing_checksums_on_put_and_upload_part(s3, bucket, http):
+    body, headers = _trailer_body(b"via trailer", "crc64nvme", digest("crc64nvme", b"via trailer"))
+    assert http.put(f"/{bucket}/t", content=body, headers=headers).status_code == 200
+    head = s3.head_object(Bucket=bucket, Key="t", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == digest("crc64nvme", b"via trailer")  # the trailer's algorithm is kept
+    wrong, headers = _trailer_body(b"via trailer", "crc64nvme", digest("crc64nvme", b"other"))
+    answer = http.put(f"/{bucket}/t2", content=wrong, headers=headers)
+    assert answer.status_code == 400 and b"BadDigest" in answer.content
+
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm="SHA256")["UploadId"]
+    body, headers = _trailer_body(b"part", "sha256", digest("sha256", b"part"))
+    answer = http.put(f"/{bucket}/mp", params={"partNumber": "1", "uploadId": upload_id}, content=body, headers=headers)
+    assert answer.status_code == 200 and answer.headers["x-amz-checksum-sha256"] == digest("sha256", b"part")
+    body, headers = _trailer_body(b"part", "crc32", digest("crc32", b"part"))  # not the upload's algorithm
+    answer = http.put(f"/{bucket}/mp", params={"partNumber": "2", "uploadId": upload_id}, content=body, headers=headers)
+    assert answer.status_code == 400 and b"InvalidRequest" in answer.content
+    parts = s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["ChecksumSHA256"]) for p in parts] == [(1, digest("sha256", b"part"))]
