@@ -203,7 +203,7 @@ async def complete_multipart_upload(
     upload_id = ctx.query.get("uploadId", "")
     requested = parse_complete_request(await read_xml_body(ctx, headers_name_object=True))
     store = _store(ctx)
-    async with store.lock(upload_id):
+    async with store.locked(upload_id):
         upload = await store.get(ctx.bucket, ctx.key, upload_id, completed=True)
         if upload.result is not None:  # a repeated Complete: the same answer
             return _completed(ctx, upload, upload.result)
@@ -255,7 +255,7 @@ async def abort_multipart_upload(ctx: Context) -> Response:
     """``DELETE /bucket/key?uploadId=U``: the upload and its parts are gone; 204."""
     upload_id = ctx.query.get("uploadId", "")
     store = _store(ctx)
-    async with store.lock(upload_id):
+    async with store.locked(upload_id):
         await store.get(ctx.bucket, ctx.key, upload_id)
         await store.abort(upload_id)
     return Response(204, [])

@@ -27,7 +27,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,6 +107,12 @@ class Part:
     file_id: str
 
 
+@dataclass
+class _LockEntry:
+    lock: trio.Lock
+    users: int = 0  # holders and waiters
+
+
 def new_upload_id() -> str:
     return secrets.token_urlsafe(32)
 
@@ -118,7 +125,7 @@ class UploadStore:
         self._files = files
         self._max_part_size = max_part_size
         self._db_lock = threading.Lock()
-        self._locks: dict[str, trio.Lock] = {}
+        self._locks: dict[str, _LockEntry] = {}
 
     def __repr__(self) -> str:
         return f"UploadStore(parts={str(self._files.root)!r}, busy={len(self._locks)})"
@@ -144,12 +151,19 @@ class UploadStore:
         conn.execute("DELETE FROM parts WHERE upload_id NOT IN (SELECT upload_id FROM uploads WHERE completed_at IS NULL)")
         known = {row[0] for row in conn.execute("SELECT file_id FROM parts")}
         removed = 0
+        present = set()
         for file_id, _size in self._files.scan():
             if file_id not in known:
                 self._files.unlink(file_id)
                 removed += 1
+            else:
+                present.add(file_id)
         if removed:
             log.info("uploads_orphan_parts_deleted", count=removed)
+        for file_id in known - present:  # lost from disk: the part must be sent again
+            upload_id, number = conn.execute("SELECT upload_id, number FROM parts WHERE file_id = ?", (file_id,)).fetchone()
+            conn.execute("DELETE FROM parts WHERE file_id = ?", (file_id,))
+            log.error("uploads_part_file_missing", upload_id=upload_id, part=number, file_id=file_id)
 
     def close_sync(self) -> None:
         with self._db_lock:
@@ -162,9 +176,21 @@ class UploadStore:
 
         return await trio.to_thread.run_sync(run)
 
-    def lock(self, upload_id: str) -> trio.Lock:
-        """The upload's lock (part commits, Complete and Abort take it)."""
-        return self._locks.setdefault(upload_id, trio.Lock())
+    @asynccontextmanager
+    async def locked(self, upload_id: str) -> AsyncIterator[None]:
+        """Hold the upload's lock (part commits, Complete and Abort do).  Entries live
+        only while held or awaited, so unknown upload ids leave nothing behind."""
+        entry = self._locks.get(upload_id)
+        if entry is None:
+            entry = self._locks[upload_id] = _LockEntry(trio.Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[upload_id]
 
     # -- uploads -------------------------------------------------------------
 
@@ -191,18 +217,16 @@ class UploadStore:
         """Mark the upload completed with ``result`` and remove its parts (call under its lock)."""
         file_ids = await self._db(_complete, upload_id, json.dumps(result), time.time())
         await trio.to_thread.run_sync(self._unlink_all, file_ids)
-        self._locks.pop(upload_id, None)
 
     async def abort(self, upload_id: str) -> None:
         """Remove an unfinished upload and its parts (call under its lock)."""
         file_ids = await self._db(_delete_upload, upload_id)
         await trio.to_thread.run_sync(self._unlink_all, file_ids)
-        self._locks.pop(upload_id, None)
 
     async def abort_bucket(self, bucket: str) -> None:
         """Drop every upload of a deleted bucket."""
         for upload_id in await self._db(_bucket_uploads, bucket):
-            async with self.lock(upload_id):
+            async with self.locked(upload_id):
                 await self.abort(upload_id)
 
     def _unlink_all(self, file_ids: list[str]) -> None:
@@ -232,7 +256,7 @@ class UploadStore:
         )  # fmt: skip
         try:
             await trio.to_thread.run_sync(self._flush, pending, tail)
-            async with self.lock(upload.upload_id):
+            async with self.locked(upload.upload_id):
                 replaced = await self._db(_put_part, upload.upload_id, part)
         except BaseException:
             with trio.CancelScope(shield=True):

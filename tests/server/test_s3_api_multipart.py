@@ -253,3 +253,28 @@ def test_aws_cli_cp_of_a_large_file_uses_multipart(server, bucket, aws_env, tmp_
                          env=aws_env, capture_output=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert back.read_bytes() == src.read_bytes()
+
+
+async def test_upload_store_locks_and_recovery(tmp_path):
+    """Unknown upload ids leave no lock behind; a part whose file vanished is dropped at open."""
+    from server.errors import NoSuchUpload
+    from server.uploads import Upload, UploadStore
+
+    store = UploadStore.open_sync(tmp_path, durable=False, max_part_size=MiB)
+    for upload_id in ("nope-1", "nope-2"):
+        with pytest.raises(NoSuchUpload):
+            async with store.locked(upload_id):
+                await store.get("b", "k", upload_id)
+    assert repr(store).endswith("busy=0)")
+    upload = Upload("u1", "b", "k", 1.0, "key", None, {}, {}, None, None)
+    await store.create(upload)
+
+    async def body():
+        yield b"data"
+
+    part = await store.write_part(upload, 1, body(), lambda hasher: None)
+    store.close_sync()
+    (tmp_path / "parts" / part.file_id[:2] / part.file_id).unlink()
+    store = UploadStore.open_sync(tmp_path, durable=False, max_part_size=MiB)
+    assert await store.parts("u1") == []
+    store.close_sync()
