@@ -2,7 +2,7 @@
 
 Why apart from the object index: uploads change on their own schedule (a part
 is durable long before any object exists) and must survive restarts, yet never
-touch the append path's group commit.  Layout: ``uploads.sqlite3`` (tables
+touch the append path's group commit.  Layout: ``uploads.sqlite3`` (``server.upload_index``: tables
 ``uploads`` and ``parts``) and ``parts/<2 hex>/<id>`` (one file per part,
 ``server.datafiles`` naming).
 
@@ -37,74 +37,18 @@ import structlog
 import trio
 
 from server import checksums
+from server import upload_index as index
 from server.bodies import receive_body
 from server.datafiles import DataFiles, PendingWrite
 from server.errors import NoSuchUpload
 from server.records import BodyDigest, BodyHasher
+from server.upload_index import Part, Upload
+
+__all__ = ["Part", "Upload", "UploadStore", "new_upload_id"]
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-COMPLETED_KEPT_SECONDS = 24 * 3600
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads (
-    upload_id TEXT PRIMARY KEY,
-    bucket TEXT NOT NULL,
-    key TEXT NOT NULL,
-    initiated REAL NOT NULL,
-    owner TEXT NOT NULL,
-    content_type TEXT,
-    metadata TEXT NOT NULL,
-    system TEXT NOT NULL,
-    checksum_algorithm TEXT,
-    checksum_type TEXT,
-    completed_at REAL,
-    result TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated);
-CREATE TABLE IF NOT EXISTS parts (
-    upload_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    file_id TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    etag TEXT NOT NULL,
-    last_modified REAL NOT NULL,
-    checksum TEXT,
-    PRIMARY KEY (upload_id, number)
-) WITHOUT ROWID;
-"""
-_UPLOAD_COLUMNS = (
-    "upload_id, bucket, key, initiated, owner, content_type, metadata, system, checksum_algorithm, checksum_type,"
-    " completed_at, result"
-)
-_PART_COLUMNS = "number, size, etag, last_modified, checksum, file_id"
-
-
-@dataclass(frozen=True)
-class Upload:
-    upload_id: str
-    bucket: str
-    key: str
-    initiated: float
-    owner: str  # access key id of the initiator
-    content_type: str | None
-    metadata: dict[str, str]
-    system: dict[str, str]
-    checksum_algorithm: str | None  # e.g. "crc32"; None: parts carry no checksum of their own
-    checksum_type: str | None  # "COMPOSITE" or "FULL_OBJECT" (with an algorithm)
-    completed_at: float | None = None
-    result: dict[str, Any] | None = None  # once completed: what Complete answered
-
-
-@dataclass(frozen=True)
-class Part:
-    number: int
-    size: int
-    etag: str  # unquoted MD5 hex
-    last_modified: float
-    checksum: str | None  # base64 digest in the upload's algorithm
-    file_id: str
 
 
 @dataclass
@@ -136,19 +80,14 @@ class UploadStore:
         root.mkdir(parents=True, exist_ok=True)
         files = DataFiles(root / "parts", durable=durable)
         files.prepare()
-        conn = sqlite3.connect(root / "uploads.sqlite3", isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        conn.executescript(_SCHEMA)
+        conn = index.connect(root / "uploads.sqlite3", durable=durable)
         store = cls(conn, files, max_part_size=max_part_size)
         store._recover()
         return store
 
     def _recover(self) -> None:
         conn = self._conn
-        conn.execute("DELETE FROM uploads WHERE completed_at IS NOT NULL AND completed_at < ?",
-                     (time.time() - COMPLETED_KEPT_SECONDS,))  # fmt: skip
-        conn.execute("DELETE FROM parts WHERE upload_id NOT IN (SELECT upload_id FROM uploads WHERE completed_at IS NULL)")
+        index.recover(conn, time.time())
         known = {row[0] for row in conn.execute("SELECT file_id FROM parts")}
         removed = 0
         present = set()
@@ -195,11 +134,11 @@ class UploadStore:
     # -- uploads -------------------------------------------------------------
 
     async def create(self, upload: Upload) -> None:
-        await self._db(_insert_upload, upload)
+        await self._db(index.insert_upload, upload)
 
     async def get(self, bucket: str, key: str, upload_id: str, *, completed: bool = False) -> Upload:
         """The upload (NoSuchUpload if unknown, of another object, or, unless ``completed``, finished)."""
-        upload = await self._db(_get_upload, upload_id)
+        upload = await self._db(index.get_upload, upload_id)
         if upload is None or upload.bucket != bucket or upload.key != key or (
             upload.completed_at is not None and not completed
         ):
@@ -208,24 +147,24 @@ class UploadStore:
 
     async def list_open(self, bucket: str, prefix: str) -> list[Upload]:
         """The bucket's unfinished uploads under ``prefix``, by key then initiation time."""
-        return await self._db(_open_uploads, bucket, prefix)
+        return await self._db(index.open_uploads, bucket, prefix)
 
     async def parts(self, upload_id: str) -> list[Part]:
-        return await self._db(_parts, upload_id)
+        return await self._db(index.parts, upload_id)
 
     async def finish(self, upload_id: str, result: dict[str, Any]) -> None:
         """Mark the upload completed with ``result`` and remove its parts (call under its lock)."""
-        file_ids = await self._db(_complete, upload_id, json.dumps(result), time.time())
+        file_ids = await self._db(index.complete, upload_id, json.dumps(result), time.time())
         await trio.to_thread.run_sync(self._unlink_all, file_ids)
 
     async def abort(self, upload_id: str) -> None:
         """Remove an unfinished upload and its parts (call under its lock)."""
-        file_ids = await self._db(_delete_upload, upload_id)
+        file_ids = await self._db(index.delete_upload, upload_id)
         await trio.to_thread.run_sync(self._unlink_all, file_ids)
 
     async def abort_bucket(self, bucket: str) -> None:
         """Drop every upload of a deleted bucket."""
-        for upload_id in await self._db(_bucket_uploads, bucket):
+        for upload_id in await self._db(index.bucket_uploads, bucket):
             async with self.locked(upload_id):
                 await self.abort(upload_id)
 
@@ -257,7 +196,7 @@ class UploadStore:
         try:
             await trio.to_thread.run_sync(self._flush, pending, tail)
             async with self.locked(upload.upload_id):
-                replaced = await self._db(_put_part, upload.upload_id, part)
+                replaced = await self._db(index.put_part, upload.upload_id, part)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pending.discard)
@@ -276,76 +215,3 @@ class UploadStore:
     def open_part(self, part: Part) -> int:
         """A read fd on a part's file (blocking)."""
         return self._files.open_read(part.file_id)
-
-
-# -- SQL (called with the connection, in a worker thread) ------------------------
-
-
-def _insert_upload(conn: sqlite3.Connection, u: Upload) -> None:
-    conn.execute(
-        f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-        (u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, json.dumps(u.metadata),
-         json.dumps(u.system), u.checksum_algorithm, u.checksum_type),
-    )  # fmt: skip
-
-
-def _upload(row: tuple) -> Upload:
-    upload_id, bucket, key, initiated, owner, content_type, metadata, system, algorithm, type_, done, result = row
-    return Upload(upload_id, bucket, key, initiated, owner, content_type, json.loads(metadata), json.loads(system),
-                  algorithm, type_, done, json.loads(result) if result else None)  # fmt: skip
-
-
-def _get_upload(conn: sqlite3.Connection, upload_id: str) -> Upload | None:
-    row = conn.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
-    return None if row is None else _upload(row)
-
-
-def _open_uploads(conn: sqlite3.Connection, bucket: str, prefix: str) -> list[Upload]:
-    rows = conn.execute(
-        f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE bucket = ? AND completed_at IS NULL"
-        " AND substr(key, 1, ?) = ? ORDER BY key, initiated, upload_id",
-        (bucket, len(prefix), prefix),
-    )
-    return [_upload(row) for row in rows]
-
-
-def _bucket_uploads(conn: sqlite3.Connection, bucket: str) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT upload_id FROM uploads WHERE bucket = ?", (bucket,))]
-
-
-def _parts(conn: sqlite3.Connection, upload_id: str) -> list[Part]:
-    rows = conn.execute(f"SELECT {_PART_COLUMNS} FROM parts WHERE upload_id = ? ORDER BY number", (upload_id,))
-    return [Part(*row) for row in rows]
-
-
-def _put_part(conn: sqlite3.Connection, upload_id: str, part: Part) -> str | None:
-    """Commit a part; returns the file id of the part it replaces.  NoSuchUpload if the upload is gone."""
-    with conn:  # one transaction
-        conn.execute("BEGIN IMMEDIATE")
-        if conn.execute("SELECT 1 FROM uploads WHERE upload_id = ? AND completed_at IS NULL", (upload_id,)).fetchone() is None:
-            raise NoSuchUpload(UploadId=upload_id)
-        old = conn.execute("SELECT file_id FROM parts WHERE upload_id = ? AND number = ?", (upload_id, part.number)).fetchone()
-        conn.execute(
-            f"INSERT OR REPLACE INTO parts (upload_id, {_PART_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (upload_id, part.number, part.size, part.etag, part.last_modified, part.checksum, part.file_id),
-        )
-    return None if old is None else old[0]
-
-
-def _complete(conn: sqlite3.Connection, upload_id: str, result: str, now: float) -> list[str]:
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        file_ids = [row[0] for row in conn.execute("SELECT file_id FROM parts WHERE upload_id = ?", (upload_id,))]
-        conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
-        conn.execute("UPDATE uploads SET completed_at = ?, result = ? WHERE upload_id = ?", (now, result, upload_id))
-        conn.execute("DELETE FROM uploads WHERE completed_at IS NOT NULL AND completed_at < ?", (now - COMPLETED_KEPT_SECONDS,))
-    return file_ids
-
-
-def _delete_upload(conn: sqlite3.Connection, upload_id: str) -> list[str]:
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        file_ids = [row[0] for row in conn.execute("SELECT file_id FROM parts WHERE upload_id = ?", (upload_id,))]
-        conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
-        conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-    return file_ids
