@@ -15,7 +15,6 @@ raw-socket requests (``bench.raws3``), one listing for many objects.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time

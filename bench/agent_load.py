@@ -15,16 +15,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.agentproc import CLOCK_TICKS, BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
 from bench import loadgen
-from bench.freshness import SizePoller, line_latencies, percentile
-from bench.logwriter import LINE, PacedWriter
+from bench.agentproc import BUCKET, CLOCK_TICKS, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
+from bench.freshness import SizeLog, SizePoller, line_latencies, percentile
+from bench.logwriter import LINE, PacedWriter, WriteLog
 from bench.raws3 import RawS3
 from bench.verify import sizes_reached, verify
 from tests.support import ACCESS_KEY, SECRET_KEY, ServerProcess
 
 Row = tuple[str, str, str, str]
 MAX_IN_FLIGHT = 4  # the agent's default ``max_in_flight``
+APPENDS = "tailbucket_agent_appends_total"
 
 
 @dataclass
@@ -71,9 +72,6 @@ class Fleet:
             self.server.stop()
 
 
-APPENDS = "tailbucket_agent_appends_total"
-
-
 @dataclass
 class Window:
     """What a measured window saw: CPU in cores (agent, server, whole machine) and the agent's appends/s."""
@@ -88,25 +86,25 @@ class Window:
                 f"machine {self.machine_busy:.1f} of {os.cpu_count()} cores busy")
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine so far (every core; /proc/stat minus idle and iowait)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields) - idle) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS
 
 
 def observe(fleet: Fleet, seconds: float) -> Window:
     """Let ``seconds`` pass (the writers write, the agent ships) and say what it cost."""
     agent, server = fleet.agent.pid, fleet.server.proc.pid  # type: ignore[union-attr]
-    a0, s0, (m0, _), n0, t0 = cpu_seconds(agent), cpu_seconds(server), machine_cpu(), fleet.agent.metric(APPENDS), time.monotonic()
+    a0, s0, m0, n0 = cpu_seconds(agent), cpu_seconds(server), machine_busy(), fleet.agent.metric(APPENDS)
+    t0 = time.monotonic()
     time.sleep(seconds)  # the measured window
     elapsed = time.monotonic() - t0
-    busy = machine_cpu()[0] - m0
-    return Window((cpu_seconds(agent) - a0) / elapsed, (cpu_seconds(server) - s0) / elapsed, busy / elapsed,
-                  (fleet.agent.metric(APPENDS) - n0) / elapsed)
+    return Window((cpu_seconds(agent) - a0) / elapsed, (cpu_seconds(server) - s0) / elapsed,
+                  (machine_busy() - m0) / elapsed, (fleet.agent.metric(APPENDS) - n0) / elapsed)
 
 
-def latencies_of(writer: PacedWriter, seen: dict, fleet: Fleet, paths: list[Path], before: float) -> tuple[list[float], int]:
+def latencies_of(writer: PacedWriter, seen: dict[str, SizeLog], fleet: Fleet, paths: list[Path],
+                 before: float) -> tuple[list[float], int]:
     """Every line's freshness for ``paths``, for writes made before ``before``; and lines never seen."""
     out: list[float] = []
     missing = 0
@@ -114,7 +112,7 @@ def latencies_of(writer: PacedWriter, seen: dict, fleet: Fleet, paths: list[Path
     for key, path in fleet.keys(paths).items():
         log = writer.logs[index[path]]
         cut = next((i for i, t in enumerate(log.times) if t >= before), len(log.times))
-        log = type(log)(log.ends[:cut], log.times[:cut], log.counts[:cut])
+        log = WriteLog(log.ends[:cut], log.times[:cut], log.counts[:cut])
         got, lost = line_latencies(log, seen.get(key))
         out += got
         missing += lost
@@ -199,7 +197,8 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         (f"{files:,} files x {per_file:g} lines/s: freshness", f"p50 {percentile(lat, 50) * 1e3:.0f} ms, "
          f"p99 {percentile(lat, 99) * 1e3:.0f} ms", f"{sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
          "target p99 <= 1 s"),
-        (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections", f"{ceiling:,.0f} appends/s",
+        (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections",
+         f"{ceiling:,.0f} appends/s",
          f"zero-cost client, same server, same run: a turn per stream every >= {files / ceiling:.1f} s", ""),
         (f"peak RSS tailing {files:,} files", f"{steady_peak:.0f} MiB",
          f"idle with {files:,} files {idle:.0f} MiB; {memory['VmHWM']:.0f} MiB including the catch-up after the outage",

@@ -59,7 +59,8 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
         expected = {f"{HOST}/{path.name}": writer.generations(i) for i, path in enumerate(writer.paths)}
         sizes = {key: sum(p.stat().st_size for p in paths) for key, paths in expected.items()}
         with RawS3(server.port) as s3:
-            caught_up = wait_until(lambda: sizes_reached(s3, BUCKET, f"{HOST}/", sizes), 180, "soak caught up", every=0.1)
+            caught_up = wait_until(lambda: sizes_reached(s3, BUCKET, f"{HOST}/", sizes), 180, "soak caught up",
+                                   every=0.1)
             if agent.stop() != 0:
                 raise RuntimeError(f"the last agent did not drain: {agent.tail()}")
             _tally(agent, stats)
