@@ -163,6 +163,7 @@ class ShutdownSignal:
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASON_TEXT = {s.value: s.phrase for s in HTTPStatus}
 _date_cache: list = [0, b"", ""]
 
 # Headers h11 must see to frame the response (and to know whether the connection
@@ -193,6 +194,43 @@ def plain_response(status: int, text: str) -> Response:
     return Response(status, [("content-type", "text/plain; charset=utf-8")], text.encode())
 
 
+def _render_headers(headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+    """(every non-framing header as validated wire lines, with Date and Server added;
+    the framing headers as given).  Raises h11.LocalProtocolError for a name or
+    value h11 itself would refuse."""
+    framing = []
+    lines = []
+    seen_date = seen_server = False
+    suspect = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _FRAMING:
+            framing.append((lname, value))
+            continue
+        if lname == "date":
+            seen_date = True
+        elif lname == "server":
+            seen_server = True
+        if name not in _GOOD_NAMES or not value.isprintable() or value[:1] == " " or value[-1:] == " ":
+            suspect = True  # not plainly fine (a new name, a tab, a control or non-printing character): check it all
+        lines.append(f"{name}: {value}\r\n")
+    if not seen_date:
+        http_date()
+        lines.append(f"date: {_date_cache[2]}\r\n")
+    if not seen_server:
+        lines.append("server: tailbucket\r\n")
+    block = "".join(lines).encode("utf-8", "surrogateescape")
+    if suspect:
+        if _HEADER_BLOCK.fullmatch(block) is None:
+            raise h11.LocalProtocolError(f"illegal response header in {block!r}")
+        if len(_GOOD_NAMES) < 4096:  # names come from code and stored metadata: few, and worth remembering
+            _GOOD_NAMES.update(name for name, _ in headers)
+    return block, framing
+
+
+_GOOD_NAMES: set[str] = set()  # header names seen to pass h11's grammar
+
+
 def response_head(response: Response, *, close: bool) -> tuple[h11.Response, bytes]:
     """The response head in two parts: an h11 event with the status and framing
     headers (h11 frames the body and tracks the exchange), and every other header
@@ -203,34 +241,55 @@ def response_head(response: Response, *, close: bool) -> tuple[h11.Response, byt
     name or value h11 itself would refuse.
     """
     status = response.status
-    framing = []
-    lines = []
-    seen_date = seen_server = seen_length = False
-    for name, value in response.headers:
-        lname = name.lower()
-        if lname in _FRAMING:
-            framing.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
-            seen_length = seen_length or lname == "content-length"
-            continue
-        if lname == "date":
-            seen_date = True
-        elif lname == "server":
-            seen_server = True
-        lines.append(f"{name}: {value}\r\n")
-    if not seen_date:
-        http_date()
-        lines.append(f"date: {_date_cache[2]}\r\n")
-    if not seen_server:
-        lines.append("server: tailbucket\r\n")
-    block = "".join(lines).encode("utf-8", "surrogateescape")
-    if _HEADER_BLOCK.fullmatch(block) is None:
-        raise h11.LocalProtocolError(f"illegal response header in {block!r}")
+    block, given = _render_headers(response.headers)
+    framing = [(name.encode("latin-1"), value.encode("utf-8", "surrogateescape")) for name, value in given]
     body = response.body
-    if not seen_length and isinstance(body, (bytes, bytearray, memoryview)) and status not in (204, 304) and status >= 200:
+    if not any(name == "content-length" for name, _ in given) and isinstance(body, (bytes, bytearray, memoryview)) \
+            and status not in (204, 304) and status >= 200:
         framing.append((b"content-length", str(len(body)).encode()))
     if close:
         framing.append((b"connection", b"close"))
     return _framing_event(status, tuple(framing)), block
+
+
+def encode_response(response: Response, *, head_only: bool, close: bool) -> bytes | None:
+    """The whole response as wire bytes, framed here rather than by h11: a bytes
+    body (none for HEAD, 204, 304) with a Content-Length.  None when h11 should
+    frame it (a streamed body, a Transfer-Encoding or Connection header from the
+    handler, a Content-Length that does not match the body, a 1xx status): then
+    the caller sends ``response_head`` through h11, which also refuses what is wrong.
+
+    Why: h11's send path (event, state machine, writer) costs more per response
+    than rendering it; h11 still parses requests and reads bodies.  Raises
+    h11.LocalProtocolError for a header h11 itself would refuse.
+    """
+    status = response.status
+    body = response.body
+    if status < 200 or not isinstance(body, (bytes, bytearray, memoryview)):
+        return None
+    block, framing = _render_headers(response.headers)
+    length = None
+    for name, value in framing:
+        if name != "content-length" or length is not None or not value.isascii() or not value.isdigit():
+            return None
+        length = value
+    no_body = status in (204, 304)
+    if no_body:
+        if body:
+            return None
+    elif length is None:
+        length = str(len(body))
+    elif not head_only and int(length) != len(body):
+        return None
+    head = f"HTTP/1.1 {status} {_REASON_TEXT.get(status, '')}\r\n"
+    if length is not None:
+        head += f"content-length: {length}\r\n"
+    if close:
+        head += "connection: close\r\n"
+    wire = head.encode("latin-1") + block + b"\r\n"
+    if body and not head_only and not no_body:
+        wire += body
+    return wire
 
 
 _framing_events: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], h11.Response] = {}

@@ -24,7 +24,7 @@ import trio
 from server import errors
 from server.http import (
     RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response, ShutdownSignal,
-    new_request_id, plain_response, response_head,
+    encode_response, new_request_id, plain_response, response_head,
 )
 
 log = structlog.get_logger()
@@ -35,6 +35,15 @@ _END = h11.EndOfMessage()  # immutable: one instance serves every response
 def _splice(head: bytes, lines: bytes) -> bytes:
     """h11's head (status line, framing headers, blank line) with the other header lines before the blank line."""
     return head[:-2] + lines + b"\r\n"
+
+
+def _keeps_alive(request: Request) -> bool:
+    """Whether the client lets the connection stay open after this exchange: h11's
+    rule (HTTP/1.1 and no ``Connection: close``), needed where h11 does not frame the response."""
+    if request.http_version != "1.1":
+        return False
+    connection = request.header("connection")
+    return connection is None or "close" not in (token.strip() for token in connection.lower().split(","))
 
 
 def _head_size(event: h11.Request) -> int:
@@ -62,6 +71,7 @@ class HTTPConnection:
         self._fd = stream.socket.fileno()
         self._io = trio.CancelScope()  # its deadline guards the wait named by _waiting
         self._waiting = ""  # "idle" | "head" | "send"
+        self._framed_here = False  # the last response was framed by encode_response, not sent through h11
         try:
             self.remote: tuple[str, int] | None = tuple(stream.socket.getpeername()[:2])  # type: ignore[assignment]
         except OSError:
@@ -115,7 +125,15 @@ class HTTPConnection:
             self.requests += 1
             if not await self._handle(event):
                 return
-            self.conn.start_next_cycle()
+            if self._framed_here:  # h11 did not see the response: a fresh h11 for the next request
+                trailing, closed = self.conn.trailing_data
+                self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+                if trailing:
+                    self.conn.receive_data(trailing)
+                if closed:
+                    self.conn.receive_data(b"")
+            else:
+                self.conn.start_next_cycle()
 
     async def _receive_head(self) -> h11.Request | None:
         """The next request head, or None when the connection should just close."""
@@ -261,11 +279,14 @@ class HTTPConnection:
                 return False  # nobody to answer
             close = True
         head_only = request.method == "HEAD"
+        close = close or not _keeps_alive(request)
         await self._send_response(response, head_only=head_only, close=close)
         if drain and not close:
             if not await self._drain():
                 self.linger = True
                 return False
+        if self._framed_here:
+            return not close and conn.their_state is h11.DONE
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     def _discard_buffered_body(self) -> int:
@@ -281,14 +302,21 @@ class HTTPConnection:
     async def _send_response(self, response: Response, *, head_only: bool, close: bool) -> None:
         conn = self.conn
         given_body = response.body
+        self._framed_here = False
         try:
             try:
-                head, lines = response_head(response, close=close)
+                wire = encode_response(response, head_only=head_only, close=close)
+                if wire is None:
+                    head, lines = response_head(response, close=close)
             except (h11.LocalProtocolError, UnicodeEncodeError, TypeError, ValueError, AttributeError):
                 # A handler bug caught before anything is sent (header names and values are validated).
                 log.error("http_response_invalid", remote=self.remote, status=response.status, exc_info=True)
                 response = plain_response(500, "Internal Server Error\n")
-                head, lines = response_head(response, close=close)
+                wire = encode_response(response, head_only=head_only, close=close)
+            if wire is not None:
+                self._framed_here = True
+                await self._send(wire)
+                return
             body = response.body
             streamed = not isinstance(body, (bytes, bytearray, memoryview))
             try:
