@@ -6,8 +6,9 @@ checks the operation before it runs, and for the three operations whose
 answer depends on more than the request hands the router a variant that
 applies the grants inside the operation:
 
-- PutObject: whether an ``append`` key would overwrite is only known under the
-  object's lock, so ``put_object`` asks again there (``authorize_write``);
+- PutObject, CompleteMultipartUpload: whether an ``append`` key would
+  overwrite is only known under the object's lock, so the operation asks
+  again there (``authorize_write``);
 - ListBuckets: shows only the buckets the key has grants on;
 - CreateSession: records the session's grants (the creator's, narrowed to the
   bucket; a ``ReadOnly`` session may only read).
@@ -37,6 +38,8 @@ log = structlog.get_logger("tailbucket.server.access")
 Operation = Callable[[Context], Awaitable[Response]]
 LISTINGS = frozenset({"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"})
 SESSION_MODE = "x-amz-create-session-mode"
+# Whether these overwrite is only known under the object's lock: the handler asks ``authorize_write`` there.
+WRITES_UNDER_LOCK = frozenset({"PutObject", "CompleteMultipartUpload"})
 
 
 class AccessControl:
@@ -66,11 +69,12 @@ class AccessControl:
     ) -> Operation:  # fmt: skip
         """Raise AccessDenied if the request may not run; else the operation to run for it."""
         principal = self.principal_of(auth.access_key_id)
-        appending = any(name == WRITE_OFFSET for name, _ in request.headers)
+        # Only PutObject honours the offset header; on any other write it must not pass for an append.
+        appending = operation == "PutObject" and any(name == WRITE_OFFSET for name, _ in request.headers)
         target = query.get("prefix", "") if operation in LISTINGS else key
         check = functools.partial(self._check, principal, operation, bucket, target, appending=appending)
         check(object_exists=None)
-        if operation == "PutObject":
+        if operation in WRITES_UNDER_LOCK:
             return functools.partial(handler, authorize_write=lambda existing: check(object_exists=existing is not None))
         if operation == "ListBuckets":
             return lambda ctx: handler(dataclasses.replace(ctx, storage=VisibleBuckets(ctx.storage, principal)))

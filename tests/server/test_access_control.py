@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import httpx
@@ -77,10 +79,11 @@ def denied(call: Callable[[], object]) -> ClientError:
 # --- the permission matrix ---------------------------------------------------------
 
 EXISTING = b"existing\n"
+PART = b"one small last part\n"
 
 
 def snapshot(root, bucket: str) -> dict[str, object]:
-    """Everything the matrix operations could change, as the root key sees it."""
+    """Everything the matrix operations could change, as the root key sees it: objects and uploads."""
     state: dict[str, object] = {}
     for name in (bucket, f"{bucket}-new", f"{bucket}-empty"):
         try:
@@ -89,38 +92,101 @@ def snapshot(root, bucket: str) -> dict[str, object]:
             state[name] = None
             continue
         state[name] = {k: root.get_object(Bucket=name, Key=k)["Body"].read() for k in keys}
+    uploads = root.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    state["uploads"] = {
+        (u["Key"], u["UploadId"]): [
+            (p["PartNumber"], p["ETag"])
+            for p in root.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
+        ]
+        for u in uploads
+    }
     return state
 
 
-# operation -> (call, whether it changes anything when allowed)
-OPERATIONS: dict[str, tuple[Callable[..., object], bool]] = {
-    "ListBuckets": (lambda s3, b: s3.list_buckets(), False),
-    "CreateBucket": (lambda s3, b: s3.create_bucket(Bucket=f"{b}-new"), True),
-    "DeleteBucket": (lambda s3, b: s3.delete_bucket(Bucket=f"{b}-empty"), True),
-    "HeadBucket": (lambda s3, b: s3.head_bucket(Bucket=b), False),
-    "ListObjectsV2": (lambda s3, b: s3.list_objects_v2(Bucket=b), False),
-    "PutObject-new": (lambda s3, b: s3.put_object(Bucket=b, Key="new.log", Body=b"new\n"), True),
-    "PutObject-existing": (lambda s3, b: s3.put_object(Bucket=b, Key="existing.log", Body=b"rewritten\n"), True),
-    "append": (lambda s3, b: s3.put_object(Bucket=b, Key="existing.log", Body=b"more\n", WriteOffsetBytes=len(EXISTING)), True),
-    "GetObject": (lambda s3, b: s3.get_object(Bucket=b, Key="existing.log")["Body"].read(), False),
-    "HeadObject": (lambda s3, b: s3.head_object(Bucket=b, Key="existing.log"), False),
-    "DeleteObject": (lambda s3, b: s3.delete_object(Bucket=b, Key="existing.log"), True),
-    "CreateSession": (lambda s3, b: s3.create_session(Bucket=b), False),
+@dataclass(frozen=True)
+class Op:
+    """One matrix operation: ``call(s3, bucket, **setup(root, bucket))``, and whether it changes anything."""
+
+    call: Callable[..., object]
+    mutates: bool
+    setup: Callable[[Any, str], dict[str, Any]] | None = None
+
+
+def upload_on(key: str, *, with_part: bool = False) -> Callable[[Any, str], dict[str, Any]]:
+    """Setup: the root key starts a multipart upload on ``key`` (and sends one part)."""
+
+    def setup(root, bucket: str) -> dict[str, Any]:
+        upload_id = root.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = []
+        if with_part:
+            etag = root.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=PART)["ETag"]
+            parts.append({"PartNumber": 1, "ETag": etag})
+        return {"upload_id": upload_id, "parts": parts}
+
+    return setup
+
+
+def complete(key: str) -> Callable[..., object]:
+    return lambda s3, b, upload_id, parts: s3.complete_multipart_upload(
+        Bucket=b, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+
+
+OPERATIONS: dict[str, Op] = {
+    "ListBuckets": Op(lambda s3, b: s3.list_buckets(), False),
+    "CreateBucket": Op(lambda s3, b: s3.create_bucket(Bucket=f"{b}-new"), True),
+    "DeleteBucket": Op(lambda s3, b: s3.delete_bucket(Bucket=f"{b}-empty"), True),
+    "HeadBucket": Op(lambda s3, b: s3.head_bucket(Bucket=b), False),
+    "ListObjectsV2": Op(lambda s3, b: s3.list_objects_v2(Bucket=b), False),
+    "PutObject-new": Op(lambda s3, b: s3.put_object(Bucket=b, Key="new.log", Body=b"new\n"), True),
+    "PutObject-existing": Op(lambda s3, b: s3.put_object(Bucket=b, Key="existing.log", Body=b"rewritten\n"), True),
+    "append": Op(
+        lambda s3, b: s3.put_object(Bucket=b, Key="existing.log", Body=b"more\n", WriteOffsetBytes=len(EXISTING)), True
+    ),
+    "GetObject": Op(lambda s3, b: s3.get_object(Bucket=b, Key="existing.log")["Body"].read(), False),
+    "HeadObject": Op(lambda s3, b: s3.head_object(Bucket=b, Key="existing.log"), False),
+    "DeleteObject": Op(lambda s3, b: s3.delete_object(Bucket=b, Key="existing.log"), True),
+    "CreateSession": Op(lambda s3, b: s3.create_session(Bucket=b), False),
+    "CreateMultipartUpload": Op(lambda s3, b: s3.create_multipart_upload(Bucket=b, Key="new.log"), True),
+    "UploadPart": Op(
+        lambda s3, b, upload_id, parts: s3.upload_part(
+            Bucket=b, Key="new.log", UploadId=upload_id, PartNumber=1, Body=PART
+        ), True, upload_on("new.log"),
+    ),  # fmt: skip
+    "ListParts": Op(
+        lambda s3, b, upload_id, parts: s3.list_parts(Bucket=b, Key="new.log", UploadId=upload_id), False,
+        upload_on("new.log", with_part=True),
+    ),  # fmt: skip
+    "AbortMultipartUpload": Op(
+        lambda s3, b, upload_id, parts: s3.abort_multipart_upload(Bucket=b, Key="new.log", UploadId=upload_id), True,
+        upload_on("new.log"),
+    ),  # fmt: skip
+    "ListMultipartUploads": Op(lambda s3, b, **_: s3.list_multipart_uploads(Bucket=b), False, upload_on("new.log")),
+    "CompleteMultipartUpload-new": Op(complete("new.log"), True, upload_on("new.log", with_part=True)),
+    "CompleteMultipartUpload-existing": Op(complete("existing.log"), True, upload_on("existing.log", with_part=True)),
 }
 # Written out from the README's table, independently of server/policy.py.
+EVERYONE, CREATORS, WRITERS, ADMINS = set(ROLES), {"append", "write", "admin"}, {"write", "admin"}, {"admin"}
 ALLOWED = {
-    "ListBuckets": {"read", "append", "write", "admin"},
-    "CreateBucket": {"admin"},
-    "DeleteBucket": {"admin"},
-    "HeadBucket": {"read", "append", "write", "admin"},
-    "ListObjectsV2": {"read", "append", "write", "admin"},
-    "PutObject-new": {"append", "write", "admin"},
-    "PutObject-existing": {"write", "admin"},
-    "append": {"append", "write", "admin"},
-    "GetObject": {"read", "append", "write", "admin"},
-    "HeadObject": {"read", "append", "write", "admin"},
-    "DeleteObject": {"write", "admin"},
-    "CreateSession": {"read", "append", "write", "admin"},
+    "ListBuckets": EVERYONE,
+    "CreateBucket": ADMINS,
+    "DeleteBucket": ADMINS,
+    "HeadBucket": EVERYONE,
+    "ListObjectsV2": EVERYONE,
+    "PutObject-new": CREATORS,
+    "PutObject-existing": WRITERS,
+    "append": CREATORS,
+    "GetObject": EVERYONE,
+    "HeadObject": EVERYONE,
+    "DeleteObject": WRITERS,
+    "CreateSession": EVERYONE,
+    "CreateMultipartUpload": CREATORS,
+    "UploadPart": CREATORS,
+    "ListParts": CREATORS,
+    "AbortMultipartUpload": CREATORS,
+    "ListMultipartUploads": EVERYONE,
+    "CompleteMultipartUpload-new": CREATORS,
+    "CompleteMultipartUpload-existing": WRITERS,
 }
 
 
@@ -130,15 +196,17 @@ def test_permission_matrix(clients, role: str, operation: str) -> None:
     root = clients["root"]
     bucket = f"m-{role}-{operation}".lower()
     root.create_bucket(Bucket=bucket)
-    root.create_bucket(Bucket=f"{bucket}-empty")
+    if operation == "DeleteBucket":
+        root.create_bucket(Bucket=f"{bucket}-empty")
     root.put_object(Bucket=bucket, Key="existing.log", Body=EXISTING)
+    op = OPERATIONS[operation]
+    prepared = op.setup(root, bucket) if op.setup else {}
     before = snapshot(root, bucket)
-    call, mutates = OPERATIONS[operation]
     if role in ALLOWED[operation]:
-        call(clients[role], bucket)
-        assert (snapshot(root, bucket) != before) == mutates
+        op.call(clients[role], bucket, **prepared)
+        assert (snapshot(root, bucket) != before) == op.mutates
     else:
-        denied(lambda: call(clients[role], bucket))
+        denied(lambda: op.call(clients[role], bucket, **prepared))
         assert snapshot(root, bucket) == before
 
 
@@ -230,6 +298,27 @@ async def test_concurrent_plain_puts_by_an_append_key_create_once(server, logs) 
     winners = [i for i, status in results.items() if status == 200]
     assert len(winners) == 1 and sorted(results.values()) == [200] + [403] * 7
     assert logs.get_object(Bucket="logs", Key="web1/race.log")["Body"].read() == f"writer {winners[0]}\n".encode()
+
+
+def complete_body(parts: list[dict]) -> bytes:
+    rows = "".join(f"<Part><PartNumber>{p['PartNumber']}</PartNumber><ETag>{p['ETag']}</ETag></Part>" for p in parts)
+    return f"<CompleteMultipartUpload>{rows}</CompleteMultipartUpload>".encode()
+
+
+def test_an_offset_header_does_not_turn_a_complete_into_an_append(server, clients, logs) -> None:
+    """Only PutObject appends: with ``x-amz-write-offset-bytes`` an append key's Complete still replaces,
+    so over an existing object it is refused and the object keeps its bytes."""
+    root = clients["root"]
+    root.put_object(Bucket="logs", Key="web1/shipped.log", Body=b"shipped\n")
+    setup = upload_on("web1/shipped.log", with_part=True)(clients["agent"], "logs")
+    with httpx.Client(base_url=server.url, auth=SigV4Auth("agent-web1", AGENT_SECRET, REGION), timeout=30) as http:
+        answer = http.post(
+            "/logs/web1/shipped.log", params={"uploadId": setup["upload_id"]}, content=complete_body(setup["parts"]),
+            headers={"x-amz-write-offset-bytes": "8"},
+        )  # fmt: skip
+    assert answer.status_code == 403, answer.text
+    assert b"<Code>AccessDenied</Code>" in answer.content
+    assert root.get_object(Bucket="logs", Key="web1/shipped.log")["Body"].read() == b"shipped\n"
 
 
 # --- sessions (CreateSession) ---------------------------------------------------------
