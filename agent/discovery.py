@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 import structlog
 import trio
@@ -43,9 +43,11 @@ from agent.units import KiB, MiB
 from agent.watcher import Watcher
 
 log = structlog.get_logger()
-MIN_CHUNK = 16 * KiB
+T = TypeVar("T")
+MIN_CHUNK = 4 * KiB
 MAX_CHUNK = 1 * MiB
 MAX_POKE_PAUSE = 0.5  # seconds; well under the 1 s discovery promise
+FILE_THREADS = 4  # worker threads for the tailers' reads and stats
 _Claims = dict[tuple[int, int], list[tuple[str, FileIdentity]]]
 
 
@@ -82,6 +84,7 @@ class Streams:
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._expected = 1  # streams expected: sizes each tailer's share of the read-ahead
+        self._file_threads = trio.CapacityLimiter(FILE_THREADS)
 
     @property
     def tailers(self) -> dict[str, Tailer]:
@@ -242,7 +245,7 @@ class Streams:
             if start is None:
                 return
             tailer = Tailer(path, path, self._chunks.clone(), self.budget, start=start, chunk_size=self._chunk_size(),
-                            partial_line_timeout=self.config.partial_line_timeout)
+                            partial_line_timeout=self.config.partial_line_timeout, run_sync=self._file_call)
             self._input_of[path] = spec
             assert self._nursery is not None
             await self._nursery.start(self._run_tailer, tailer)
@@ -303,10 +306,14 @@ class Streams:
         if not scope.cancel_called:
             log.info(events.STREAM_ENDED, stream=path, offset=tailer.sent)
 
+    async def _file_call(self, fn: Callable[..., T], *args: object) -> T:
+        """Tailers' blocking file calls, in a few worker threads (each thread costs memory; reads are short)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._file_threads)
+
     def _chunk_size(self) -> int:
         """Each tailer's read buffer: a share of the read-ahead budget, so many streams stay small in memory."""
         streams = max(self._expected, len(self._tailers) + 1)
-        share = self.config.max_read_ahead // (4 * streams)
+        share = self.config.max_read_ahead // (16 * streams)
         return max(MIN_CHUNK, min(MAX_CHUNK, self.config.batch.max_bytes, share))
 
     def __repr__(self) -> str:
