@@ -2,10 +2,13 @@
 
 Each figure is printed next to a limit measured in the same run (the machine
 is 2 shared cores): the throughput next to a bare loop that reads the same
-file and appends it in 1 MiB bodies to the same server; freshness and CPU
-next to the polling resolution and the window they were taken over.  Every
-run ends by comparing the objects with the files byte for byte: a fast
-wrong answer is not a result (``Exactness`` raises).
+file and appends it in 1 MiB bodies to the same server (alternating rounds,
+so both see the same neighbours); the 1,000-file freshness next to the
+server's own append rate from a zero-cost client; every window with the
+server's and the whole machine's CPU.  Every run ends by comparing the
+objects with the files byte for byte: a fast wrong answer is not a result
+(``Exactness`` raises).  ``python -m bench.agent_bench [--quick] [parts]``
+runs it alone (parts: throughput, freshness, many, soak).
 
 The agent is always the real daemon in its own process with the default
 config (only the sink, inputs, state directory and host are set); the
