@@ -2,13 +2,17 @@
 
 ``server.policy`` decides; this module finds the principal behind an
 authenticated request (a configured key, or a CreateSession session of one),
-checks the operation before it runs, and for the three operations whose
-answer depends on more than the request hands the router a variant that
-applies the grants inside the operation:
+checks the operation before it runs, and for the operations whose answer
+depends on more than the request hands the router a variant that applies the
+grants inside the operation:
 
-- PutObject, CompleteMultipartUpload: whether an ``append`` key would
-  overwrite is only known under the object's lock, so the operation asks
+- PutObject, CopyObject, CompleteMultipartUpload: whether an ``append`` key
+  would overwrite is only known under the object's lock, so the operation asks
   again there (``authorize_write``);
+- CopyObject, UploadPartCopy: the source is only known once the operation has
+  parsed ``x-amz-copy-source`` (``authorize_read(bucket, key)``);
+- DeleteObjects: the keys are in the body; each is checked as a DeleteObject
+  (``authorize_delete(key)``), a refused one becomes that key's ``<Error>``;
 - ListBuckets: shows only the buckets the key has grants on;
 - CreateSession: records the session's grants (the creator's, narrowed to the
   bucket; a ``ReadOnly`` session may only read).
@@ -29,7 +33,17 @@ from server.context import Context
 from server.errors import AccessDenied
 from server.http import Request, Response
 from server.objects import WRITE_OFFSET
-from server.policy import Keyring, Principal, authorize, may_scrape_metrics, may_see_bucket, session_principal
+from server.policy import (
+    EACH_KEY,
+    REPLACING_WRITES,
+    SOURCE_READS,
+    Keyring,
+    Principal,
+    authorize,
+    may_scrape_metrics,
+    may_see_bucket,
+    session_principal,
+)
 from server.sessions import SessionStore, create_session
 from server.storage import BucketInfo, Storage
 
@@ -38,8 +52,6 @@ log = structlog.get_logger("tailbucket.server.access")
 Operation = Callable[[Context], Awaitable[Response]]
 LISTINGS = frozenset({"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"})
 SESSION_MODE = "x-amz-create-session-mode"
-# Whether these overwrite is only known under the object's lock: the handler asks ``authorize_write`` there.
-WRITES_UNDER_LOCK = frozenset({"PutObject", "CompleteMultipartUpload"})
 
 
 class AccessControl:
@@ -74,13 +86,22 @@ class AccessControl:
         target = query.get("prefix", "") if operation in LISTINGS else key
         check = functools.partial(self._check, principal, operation, bucket, target, appending=appending)
         check(object_exists=None)
-        if operation in WRITES_UNDER_LOCK:
-            return functools.partial(handler, authorize_write=lambda existing: check(object_exists=existing is not None))
         if operation == "ListBuckets":
             return lambda ctx: handler(dataclasses.replace(ctx, storage=VisibleBuckets(ctx.storage, principal)))
         if operation == "CreateSession":
             return functools.partial(self._create_session, principal)
-        return handler
+        bound: dict[str, Callable[..., None]] = {}
+        if operation in REPLACING_WRITES:
+            bound["authorize_write"] = lambda existing: check(object_exists=existing is not None)
+        if operation in SOURCE_READS:
+            bound["authorize_read"] = lambda src_bucket, src_key: self._check(
+                principal, SOURCE_READS[operation], src_bucket, src_key, within=operation
+            )
+        if operation in EACH_KEY:  # DeleteObjects: server.batch_delete asks per key
+            bound["authorize_delete"] = lambda each_key: self._check(
+                principal, EACH_KEY[operation], bucket, each_key, within=operation
+            )
+        return functools.partial(handler, **bound) if bound else handler
 
     def check_metrics(self, auth: AuthResult) -> None:
         """Scraping with ``observability.require_auth``: admin on every bucket, or a ``metrics`` grant."""
@@ -92,14 +113,15 @@ class AccessControl:
     @staticmethod
     def _check(
         principal: Principal, operation: str, bucket: str | None, target: str | None, *,
-        appending: bool, object_exists: bool | None,
+        appending: bool = False, object_exists: bool | None = None, within: str | None = None,
     ) -> None:  # fmt: skip
+        """``authorize``, logging a refusal; ``within``: the request's operation when this checks a part of it."""
         try:
             authorize(principal, operation, bucket, target, appending=appending, object_exists=object_exists)
         except AccessDenied as exc:
             log.info(
-                "access_denied", access_key=principal.access_key_id, operation=operation, bucket=bucket,
-                key=target, object_exists=object_exists, reason=exc.message,
+                "access_denied", access_key=principal.access_key_id, operation=operation, within=within,
+                bucket=bucket, key=target, object_exists=object_exists, reason=exc.message,
             )  # fmt: skip
             raise
 

@@ -6,24 +6,26 @@ one of its key's grants allows the operation on what it touches; otherwise
 it is refused with ``AccessDenied`` before anything changes.  The roles are
 cumulative (each may do what the one before it may), always within scope:
 
-====================================================  ====  ======  =====  =====
-operation                                             read  append  write  admin
-====================================================  ====  ======  =====  =====
-ListBuckets (lists only buckets the key has grants)   yes   yes     yes    yes
-CreateBucket, DeleteBucket                            -     -       -      yes
-HeadBucket, GetBucketLocation, CreateSession          yes   yes     yes    yes
-ListObjects(V2), ListObjectVersions,                  yes*  yes*    yes*   yes
+=====================================================  ====  ======  =====  =====
+operation                                              read  append  write  admin
+=====================================================  ====  ======  =====  =====
+ListBuckets (lists only buckets the key has grants)    yes   yes     yes    yes
+CreateBucket, DeleteBucket                             -     -       -      yes
+HeadBucket, GetBucketLocation, CreateSession,          yes   yes     yes    yes
+GetBucket<configuration> (Acl, Versioning, Policy...)
+ListObjects(V2), ListObjectVersions,                   yes*  yes*    yes*   yes
 ListMultipartUploads
-GetObject, HeadObject                                 yes   yes     yes    yes
-PutObject with x-amz-write-offset-bytes (append)      -     yes     yes    yes
-PutObject, key missing                                -     yes     yes    yes
-PutObject, key exists (it would overwrite)            -     -       yes    yes
-CreateMultipartUpload, UploadPart, ListParts,         -     yes     yes    yes
+GetObject, HeadObject, ListParts,                      yes   yes     yes    yes
+GetObject<configuration> (Acl, Tagging, ...)
+PutObject with x-amz-write-offset-bytes (append)       -     yes     yes    yes
+PutObject, CopyObject: key missing                     -     yes     yes    yes
+PutObject, CopyObject: key exists (overwrite)          -     -       yes    yes
+CreateMultipartUpload, UploadPart, UploadPartCopy,     -     yes     yes    yes
 AbortMultipartUpload
-CompleteMultipartUpload, key missing / key exists     -     yes/-   yes    yes
-DeleteObject                                          -     -       yes    yes
-any other operation                                   -     -       -      yes
-====================================================  ====  ======  =====  =====
+CompleteMultipartUpload, key missing / key exists      -     yes/-   yes    yes
+DeleteObject, DeleteObjects (each key)                 -     -       yes    yes
+any other operation (Put*/Delete* configuration ...)   -     -       -      yes
+=====================================================  ====  ======  =====  =====
 
 ``*`` with a prefix-scoped grant, only listings whose ``prefix`` parameter
 starts with the grant's prefix (as an AWS policy's ``s3:prefix`` condition).
@@ -32,11 +34,19 @@ Bucket-level operations need a grant on that bucket (any prefix).  An
 outside this table: it allows only ``GET /_tailbucket/metrics`` when
 ``observability.require_auth`` is on (so does an admin grant on every bucket).
 
+Some operations touch more than their own key (as with AWS's permissions):
+CopyObject and UploadPartCopy also read their source, which must be allowed
+as a GetObject (``SOURCE_READS``); DeleteObjects needs a ``write`` grant on the
+bucket, then each key is checked as a DeleteObject (``EACH_KEY``) and a key
+refused gets its own ``AccessDenied`` in the result while the others go.
+
 ``append`` is what an agent gets: it may add to its logs and read them back,
 never rewrite or remove what it shipped.  Whether a PutObject overwrites
 depends on the object existing *at the moment of the write*: callers check
 once with ``object_exists=None`` (undecided cases pass) and again under the
-object's lock with the truth (``server.objects.put_object``).
+object's lock with the truth (``server.access``: PutObject, CopyObject,
+CompleteMultipartUpload).  Only a PutObject appends: the offset header on
+any other write is ignored here, as those operations ignore it.
 
 Sessions (CreateSession) get the creating key's grants narrowed to the
 session's bucket; ``ReadOnly`` sessions are capped at ``read``.
@@ -149,6 +159,14 @@ def may_scrape_metrics(principal: Principal) -> bool:
     return any(g.role is Role.METRICS or (g.role is Role.ADMIN and g.bucket is None) for g in principal.grants)
 
 
+# Configuration sub-resources answered read-only (``server.subresources``): reading them is reading.
+BUCKET_CONFIG_READS = tuple(f"GetBucket{name}" for name in (
+    "Acl", "Versioning", "Logging", "NotificationConfiguration", "AccelerateConfiguration", "RequestPayment",
+    "Policy", "PolicyStatus", "LifecycleConfiguration", "Tagging", "Cors", "Website", "Encryption",
+    "OwnershipControls", "PublicAccessBlock", "ObjectLockConfiguration", "Replication",
+))  # fmt: skip
+OBJECT_CONFIG_READS = ("GetObjectAcl", "GetObjectTagging", "GetObjectRetention", "GetObjectLegalHold")
+
 # Operation -> (rule, minimum role).  Rules: what the operation touches, see ``authorize``.
 _SERVICE, _BUCKET, _LISTING, _OBJECT, _CREATE = "service", "bucket", "listing", "object", "create"
 RULES: dict[str, tuple[str, Role]] = {
@@ -158,20 +176,31 @@ RULES: dict[str, tuple[str, Role]] = {
     "HeadBucket": (_BUCKET, Role.READ),
     "GetBucketLocation": (_BUCKET, Role.READ),
     "CreateSession": (_BUCKET, Role.READ),
+    **{operation: (_BUCKET, Role.READ) for operation in BUCKET_CONFIG_READS},
     "ListObjects": (_LISTING, Role.READ),
     "ListObjectsV2": (_LISTING, Role.READ),
     "ListObjectVersions": (_LISTING, Role.READ),
     "ListMultipartUploads": (_LISTING, Role.READ),
     "GetObject": (_OBJECT, Role.READ),
     "HeadObject": (_OBJECT, Role.READ),
+    "ListParts": (_OBJECT, Role.READ),
+    **{operation: (_OBJECT, Role.READ) for operation in OBJECT_CONFIG_READS},
     "CreateMultipartUpload": (_OBJECT, Role.APPEND),
     "UploadPart": (_OBJECT, Role.APPEND),
-    "ListParts": (_OBJECT, Role.APPEND),
+    "UploadPartCopy": (_OBJECT, Role.APPEND),  # and its source, see SOURCE_READS
     "AbortMultipartUpload": (_OBJECT, Role.APPEND),
     "PutObject": (_CREATE, Role.APPEND),
+    "CopyObject": (_CREATE, Role.APPEND),  # and its source, see SOURCE_READS
     "CompleteMultipartUpload": (_CREATE, Role.APPEND),
     "DeleteObject": (_OBJECT, Role.WRITE),
+    "DeleteObjects": (_BUCKET, Role.WRITE),  # and each key, see EACH_KEY
 }
+# Copies read a source object too: allowed when this operation is allowed on the source's bucket and key.
+SOURCE_READS = {"CopyObject": "GetObject", "UploadPartCopy": "GetObject"}
+# Batches act on many keys: after the request's own rule, each key is checked as this operation.
+EACH_KEY = {"DeleteObjects": "DeleteObject"}
+# Writes that may replace an object: for an ``append`` grant, decided again once the key's existence is known.
+REPLACING_WRITES = frozenset(operation for operation, (rule, _) in RULES.items() if rule == _CREATE)
 
 
 def authorize(
@@ -186,12 +215,14 @@ def authorize(
     """Raise AccessDenied unless ``principal`` may do ``operation``; return None if it may.
 
     ``key_name`` is the object key, or for listings the ``prefix`` parameter.
-    ``appending``: a PutObject with ``x-amz-write-offset-bytes``.
-    ``object_exists``: for PutObject/CompleteMultipartUpload, whether the key
-    exists now; None (not known yet) lets an ``append`` grant through, and the
-    caller must ask again once it knows.
+    ``appending``: a PutObject with ``x-amz-write-offset-bytes`` (ignored for
+    any other operation: they replace whatever the header says).
+    ``object_exists``: for PutObject/CopyObject/CompleteMultipartUpload, whether
+    the key exists now; None (not known yet) lets an ``append`` grant through,
+    and the caller must ask again once it knows.
     """
     rule, minimum = RULES.get(operation, (_BUCKET, Role.ADMIN))
+    appending = appending and operation == "PutObject"
     if rule == _SERVICE:
         return
     where = "/" + "/".join(p for p in (bucket, key_name) if p)

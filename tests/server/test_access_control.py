@@ -6,9 +6,12 @@ sign as each key.  Every refusal is checked to change nothing.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -18,14 +21,16 @@ import trio
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from server import subresources
 from server.config import ConfigError, parse_config
 from server.errors import AccessDenied
 from server.policy import Grant, Principal, Role, authorize, session_principal
 from sink.session import parse_create_session
 from sink.sigv4 import SigV4Auth
-from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
+from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess, client_env
 
 ROLES = ("read", "append", "write", "admin")
+AWS = str(Path(sys.executable).with_name("aws"))
 AGENT_SECRET = "agent-secret-from-the-environment"
 CONFIG = """\
 keys:
@@ -39,6 +44,10 @@ keys:
   - access_key: reader-logs
     secret_key: s-reader-logs
     grants: [{role: read, bucket: logs}]
+  - {access_key: cleaner-web1, secret_key: s-cleaner, grants: [{role: write, bucket: logs, prefix: web1/}]}
+  - access_key: archiver
+    secret_key: s-archiver
+    grants: [{role: read, bucket: other}, {role: append, bucket: logs, prefix: archive/}]
 """
 
 
@@ -64,6 +73,8 @@ def clients(server):
     made["root"] = client(server, ACCESS_KEY, SECRET_KEY)
     made["agent"] = client(server, "agent-web1", AGENT_SECRET)
     made["reader-logs"] = client(server, "reader-logs", "s-reader-logs")
+    made["cleaner"] = client(server, "cleaner-web1", "s-cleaner")
+    made["archiver"] = client(server, "archiver", "s-archiver")
     return made
 
 
@@ -126,6 +137,12 @@ def upload_on(key: str, *, with_part: bool = False) -> Callable[[Any, str], dict
     return setup
 
 
+def put_and_nothing(root, bucket: str, key: str) -> dict[str, Any]:
+    """Setup: the root key writes ``key`` (the operation's destination exists); no arguments for the call."""
+    root.put_object(Bucket=bucket, Key=key, Body=b"there before\n")
+    return {}
+
+
 def complete(key: str) -> Callable[..., object]:
     return lambda s3, b, upload_id, parts: s3.complete_multipart_upload(
         Bucket=b, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -164,6 +181,25 @@ OPERATIONS: dict[str, Op] = {
     "ListMultipartUploads": Op(lambda s3, b, **_: s3.list_multipart_uploads(Bucket=b), False, upload_on("new.log")),
     "CompleteMultipartUpload-new": Op(complete("new.log"), True, upload_on("new.log", with_part=True)),
     "CompleteMultipartUpload-existing": Op(complete("existing.log"), True, upload_on("existing.log", with_part=True)),
+    "UploadPartCopy": Op(
+        lambda s3, b, upload_id, parts: s3.upload_part_copy(
+            Bucket=b, Key="new.log", UploadId=upload_id, PartNumber=1, CopySource={"Bucket": b, "Key": "existing.log"}
+        ), True, upload_on("new.log"),
+    ),  # fmt: skip
+    "CopyObject-new": Op(
+        lambda s3, b: s3.copy_object(Bucket=b, Key="copy.log", CopySource={"Bucket": b, "Key": "existing.log"}), True
+    ),
+    "CopyObject-existing": Op(
+        lambda s3, b: s3.copy_object(Bucket=b, Key="target.log", CopySource={"Bucket": b, "Key": "existing.log"}),
+        True, lambda root, b: put_and_nothing(root, b, "target.log"),
+    ),  # fmt: skip
+    "DeleteObjects": Op(lambda s3, b: s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "existing.log"}]}), True),
+    "ListObjectVersions": Op(lambda s3, b: s3.list_object_versions(Bucket=b), False),
+    "GetBucketVersioning": Op(lambda s3, b: s3.get_bucket_versioning(Bucket=b), False),
+    "GetBucketAcl": Op(lambda s3, b: s3.get_bucket_acl(Bucket=b), False),
+    "GetObjectAcl": Op(lambda s3, b: s3.get_object_acl(Bucket=b, Key="existing.log"), False),
+    "GetObjectTagging": Op(lambda s3, b: s3.get_object_tagging(Bucket=b, Key="existing.log"), False),
+    "DeleteBucketPolicy": Op(lambda s3, b: s3.delete_bucket_policy(Bucket=b), False),
 }
 # Written out from the README's table, independently of server/policy.py.
 EVERYONE, CREATORS, WRITERS, ADMINS = set(ROLES), {"append", "write", "admin"}, {"write", "admin"}, {"admin"}
@@ -182,11 +218,21 @@ ALLOWED = {
     "CreateSession": EVERYONE,
     "CreateMultipartUpload": CREATORS,
     "UploadPart": CREATORS,
-    "ListParts": CREATORS,
+    "ListParts": EVERYONE,
     "AbortMultipartUpload": CREATORS,
     "ListMultipartUploads": EVERYONE,
     "CompleteMultipartUpload-new": CREATORS,
     "CompleteMultipartUpload-existing": WRITERS,
+    "UploadPartCopy": CREATORS,
+    "CopyObject-new": CREATORS,
+    "CopyObject-existing": WRITERS,
+    "DeleteObjects": WRITERS,
+    "ListObjectVersions": EVERYONE,
+    "GetBucketVersioning": EVERYONE,
+    "GetBucketAcl": EVERYONE,
+    "GetObjectAcl": EVERYONE,
+    "GetObjectTagging": EVERYONE,
+    "DeleteBucketPolicy": ADMINS,
 }
 
 
@@ -305,20 +351,92 @@ def complete_body(parts: list[dict]) -> bytes:
     return f"<CompleteMultipartUpload>{rows}</CompleteMultipartUpload>".encode()
 
 
-def test_an_offset_header_does_not_turn_a_complete_into_an_append(server, clients, logs) -> None:
-    """Only PutObject appends: with ``x-amz-write-offset-bytes`` an append key's Complete still replaces,
-    so over an existing object it is refused and the object keeps its bytes."""
+def test_an_offset_header_does_not_turn_a_replacing_write_into_an_append(server, clients, logs) -> None:
+    """Only PutObject appends: with ``x-amz-write-offset-bytes`` an append key's Complete or CopyObject
+    still replaces, so over an existing object it is refused and the object keeps its bytes."""
     root = clients["root"]
     root.put_object(Bucket="logs", Key="web1/shipped.log", Body=b"shipped\n")
     setup = upload_on("web1/shipped.log", with_part=True)(clients["agent"], "logs")
+    offset = {"x-amz-write-offset-bytes": "8"}
     with httpx.Client(base_url=server.url, auth=SigV4Auth("agent-web1", AGENT_SECRET, REGION), timeout=30) as http:
-        answer = http.post(
+        completed = http.post(
             "/logs/web1/shipped.log", params={"uploadId": setup["upload_id"]}, content=complete_body(setup["parts"]),
-            headers={"x-amz-write-offset-bytes": "8"},
+            headers=offset,
         )  # fmt: skip
-    assert answer.status_code == 403, answer.text
-    assert b"<Code>AccessDenied</Code>" in answer.content
+        copied = http.put(
+            "/logs/web1/shipped.log",
+            headers={**offset, "x-amz-copy-source": "/logs/web1/shipped.log", "x-amz-metadata-directive": "REPLACE"},
+        )  # fmt: skip
+    for answer in (completed, copied):
+        assert answer.status_code == 403, answer.text
+        assert b"<Code>AccessDenied</Code>" in answer.content
     assert root.get_object(Bucket="logs", Key="web1/shipped.log")["Body"].read() == b"shipped\n"
+
+
+def test_a_copy_reads_its_source_and_creates_its_destination_within_the_grants(clients, logs) -> None:
+    agent, archiver = clients["agent"], clients["archiver"]
+    logs.put_object(Bucket="logs", Key="web1/source.log", Body=b"mine\n")
+    logs.put_object(Bucket="other", Key="archive-me.log", Body=b"old\n")
+
+    def copy(s3, source: str, key: str, bucket: str = "logs") -> object:
+        src_bucket, _, src_key = source.partition("/")
+        return s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key})
+
+    copy(agent, "logs/web1/source.log", "web1/copied.log")
+    copy(archiver, "other/archive-me.log", "archive/old.log")  # read on the source bucket, append on the destination
+    denied(lambda: copy(agent, "logs/web2/app.log", "web1/stolen.log"))  # source outside the prefix
+    denied(lambda: copy(agent, "other/web1/app.log", "web1/stolen.log"))  # no grant on the source bucket
+    denied(lambda: copy(agent, "logs/web1/source.log", "web2/copied.log"))  # destination outside the prefix
+    denied(lambda: copy(agent, "logs/web2/app.log", "web1/copied.log"))  # and it exists: no overwrite either
+    denied(lambda: copy(archiver, "logs/web2/app.log", "archive/web2.log"))  # archiver may not read logs
+    denied(lambda: copy(archiver, "other/archive-me.log", "archive/old.log"))  # exists now: append may not replace
+
+    upload_id = agent.create_multipart_upload(Bucket="logs", Key="web1/parts.log")["UploadId"]
+    part = {"Bucket": "logs", "Key": "web1/parts.log", "UploadId": upload_id, "PartNumber": 1}
+    denied(lambda: agent.upload_part_copy(**part, CopySource={"Bucket": "logs", "Key": "web2/app.log"}))
+    denied(lambda: agent.upload_part_copy(**part, CopySource={"Bucket": "other", "Key": "web1/app.log"}))
+    assert "Parts" not in logs.list_parts(Bucket="logs", Key="web1/parts.log", UploadId=upload_id)
+    agent.upload_part_copy(**part, CopySource={"Bucket": "logs", "Key": "web1/source.log"})
+    agent.complete_multipart_upload(
+        Bucket="logs", Key="web1/parts.log", UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": logs.list_parts(
+            Bucket="logs", Key="web1/parts.log", UploadId=upload_id)["Parts"][0]["ETag"]}]},
+    )  # fmt: skip
+
+    def read(bucket: str, key: str) -> bytes:
+        return logs.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    assert read("logs", "web1/copied.log") == read("logs", "web1/parts.log") == b"mine\n"
+    assert read("logs", "archive/old.log") == b"old\n"
+    listed = {o["Key"] for o in logs.list_objects_v2(Bucket="logs").get("Contents", [])}
+    assert not {"web1/stolen.log", "web2/copied.log", "archive/web2.log"} & listed
+
+
+def test_delete_objects_refuses_each_key_out_of_scope_and_deletes_the_others(clients, logs) -> None:
+    logs.put_object(Bucket="logs", Key="web1/old.log", Body=b"old\n")
+    answer = clients["cleaner"].delete_objects(Bucket="logs", Delete={"Objects": [
+        {"Key": "web1/old.log"}, {"Key": "web2/app.log"}, {"Key": "web1/never-was.log"},
+    ]})  # fmt: skip
+    assert sorted(d["Key"] for d in answer["Deleted"]) == ["web1/never-was.log", "web1/old.log"]
+    assert [(e["Key"], e["Code"]) for e in answer["Errors"]] == [("web2/app.log", "AccessDenied")]
+    assert logs.get_object(Bucket="logs", Key="web2/app.log")["Body"].read() == b"web2's line\n"
+    assert "Contents" not in logs.list_objects_v2(Bucket="logs", Prefix="web1/old.log")
+    # without a write grant on the bucket the whole request is refused
+    denied(lambda: clients["agent"].delete_objects(Bucket="logs", Delete={"Objects": [{"Key": "web1/source.log"}]}))
+
+
+def test_aws_cli_rm_recursive_with_a_prefix_scoped_write_key(server, clients, logs) -> None:
+    """``aws s3 rm --recursive`` lists under the prefix, then DeleteObjects: both within the grant."""
+    for key in ("web1/tmp/a.log", "web1/tmp/deeper/b.log"):
+        logs.put_object(Bucket="logs", Key=key, Body=b"x\n")
+    env = client_env(AWS_ACCESS_KEY_ID="cleaner-web1", AWS_SECRET_ACCESS_KEY="s-cleaner")
+    run = subprocess.run(
+        [AWS, "--endpoint-url", server.url, "s3", "rm", "--recursive", "s3://logs/web1/tmp/"],
+        env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    assert "Contents" not in logs.list_objects_v2(Bucket="logs", Prefix="web1/tmp/")
+    assert logs.get_object(Bucket="logs", Key="web2/app.log")["Body"].read() == b"web2's line\n"
 
 
 # --- sessions (CreateSession) ---------------------------------------------------------
@@ -392,6 +510,46 @@ def test_policy_append_key_never_completes_a_multipart_upload_over_an_object(exi
             authorize(agent, "CompleteMultipartUpload", "logs", "k", object_exists=exists)
     else:
         authorize(agent, "CompleteMultipartUpload", "logs", "k", object_exists=exists)
+
+
+@pytest.mark.parametrize("table, key", [(subresources.BUCKET, None), (subresources.OBJECT, "web1/k")])
+def test_policy_every_sub_resource_get_is_a_read_and_setting_one_is_admins(table, key) -> None:
+    """Every name the router gives a sub-resource GET has a rule (a new sub-resource cannot fall to admin-only)."""
+    reader = Principal("r", (Grant(Role.READ, "logs", "web1/"),))
+    writer = Principal("w", (Grant(Role.WRITE, "logs"),))
+    for name in table:
+        _, reading = subresources.route("GET", "logs", key, {name: ""})
+        authorize(reader, reading, "logs", key)
+        with pytest.raises(AccessDenied):
+            authorize(reader, reading, "other", key)
+        for method in ("PUT", "DELETE"):
+            found = subresources.route(method, "logs", key, {name: ""})
+            if found is not None:
+                with pytest.raises(AccessDenied):
+                    authorize(writer, found[1], "logs", key)
+    if key is not None:
+        with pytest.raises(AccessDenied):
+            authorize(reader, "GetObjectAcl", "logs", "web2/k")
+
+
+def test_policy_only_a_put_object_appends() -> None:
+    agent = Principal("a", (Grant(Role.APPEND, "logs"),))
+    authorize(agent, "PutObject", "logs", "k", appending=True, object_exists=True)
+    for operation in ("CopyObject", "CompleteMultipartUpload"):
+        with pytest.raises(AccessDenied, match="not overwrite"):
+            authorize(agent, operation, "logs", "k", appending=True, object_exists=True)
+
+
+def test_policy_copy_sources_and_batch_keys_have_rules_of_their_own() -> None:
+    from server.policy import EACH_KEY, REPLACING_WRITES, SOURCE_READS
+
+    assert SOURCE_READS == {"CopyObject": "GetObject", "UploadPartCopy": "GetObject"}
+    assert EACH_KEY == {"DeleteObjects": "DeleteObject"}
+    assert REPLACING_WRITES == {"PutObject", "CopyObject", "CompleteMultipartUpload"}
+    cleaner = Principal("c", (Grant(Role.WRITE, "logs", "web1/"),))
+    authorize(cleaner, "DeleteObjects", "logs", None)  # the request: a write grant on the bucket
+    with pytest.raises(AccessDenied):
+        authorize(Principal("a", (Grant(Role.APPEND, "logs"),)), "DeleteObjects", "logs", None)
 
 
 def test_session_grants_are_narrowed() -> None:
