@@ -38,17 +38,19 @@ from agent.config import AgentConfig, load_config
 from agent.connect import SinkHealth, open_s3, probe_bucket, probe_key
 from agent.discovery import Streams
 from agent.errors import ConfigError
-from agent.metrics import CONTENT_TYPE, AgentMetrics
+from agent.metrics import CONTENT_TYPE, AgentMetrics, lag_bytes
 from agent.shipper import Shipper
 from agent.status import Reply, serve_status
 from agent.tail_to_bucket import is_directory_bucket
 from agent.tailer import ReadAheadBudget
 from sink.client import S3Client
 from sink.errors import RemoteError, SinkError
+from sink.systemd import Notifier
 
 log = structlog.get_logger()
 LINGER = 0.025  # seconds a batch collects lines before the shipper may take it (never more than batch.max_wait)
 PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
+STATUS_INTERVAL = 5.0  # seconds between STATUS= lines to systemd
 BATCH_QUEUE = 64  # batches between the batcher and the shipper
 RESTART_ONLY = ("sink", "batch", "state_dir", "http", "log", "host", "watch", "poll_interval", "rescan_interval",
                 "partial_line_timeout", "shutdown_timeout", "max_in_flight", "max_read_ahead")
@@ -226,16 +228,61 @@ class Agent:
         return Reply(404, b"not found: /metrics, /health, /ready\n")
 
 
-async def run_agent(config: AgentConfig, config_path: Path | None = None) -> None:
-    """The daemon: run the agent with SIGTERM/SIGINT (drain, then a second one: at once) and SIGHUP (reload)."""
+async def run_agent(config: AgentConfig, config_path: Path | None = None, *,
+                    env: Mapping[str, str] | None = None) -> None:
+    """The daemon: run the agent with SIGTERM/SIGINT (drain, then a second one: at once) and SIGHUP (reload).
+
+    Under systemd (``$NOTIFY_SOCKET``) it also says READY=1 once every input
+    runs, STATUS= every STATUS_INTERVAL, WATCHDOG=1 from a trio task,
+    RELOADING=1 around a reload and STOPPING=1 on the first stop signal.
+    """
+    systemd = Notifier(env)
     agent = Agent(config, config_path=config_path)
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, agent)
-        await agent.run()
+        await nursery.start(_watch_signals, agent, systemd)
+        nursery.start_soon(systemd.run_watchdog)
+        async with trio.open_nursery() as running:
+            await running.start(agent.run)
+            systemd.ready(await status_line(agent))
+            nursery.start_soon(_report_status, agent, systemd)
         nursery.cancel_scope.cancel()
 
 
-async def _watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def status_line(agent: Agent) -> str:
+    """The one-line summary systemd shows: "shipping 12 files, 0 B behind" (stats each file, in a thread)."""
+    if not agent.running:
+        return "stopping"
+    positions = agent.shipper.positions() if agent.shipper is not None else []
+    behind = await trio.to_thread.run_sync(lambda: sum(lag_bytes(p) for p in positions))
+    files = len(agent.streams.tailers) if agent.streams is not None else 0
+    sink = "" if agent.health.ready else f", sink not ready: {agent.health.reason}"
+    return f"shipping {files} file{'' if files == 1 else 's'}, {_size(behind)} behind{sink}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+async def _report_status(agent: Agent, systemd: Notifier) -> None:
+    while systemd.enabled and agent.running:
+        await trio.sleep(STATUS_INTERVAL)
+        if agent.running:
+            systemd.status(await status_line(agent))
+
+
+async def _reload(agent: Agent, systemd: Notifier) -> None:
+    """RELOADING=1, the reload, then READY=1 again (also when the new config was refused: the old one runs on)."""
+    systemd.reloading()
+    await agent.reload()
+    systemd.ready(await status_line(agent))
+
+
+async def _watch_signals(agent: Agent, systemd: Notifier,
+                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -243,9 +290,10 @@ async def _watch_signals(agent: Agent, *, task_status: trio.TaskStatus[None] = t
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    nursery.start_soon(agent.reload)
+                    nursery.start_soon(_reload, agent, systemd)
                 elif stopping:
                     agent.stop_now()
                 else:
                     stopping = True
+                    systemd.stopping()
                     agent.request_stop()
