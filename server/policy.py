@@ -239,9 +239,9 @@ def authorize(
         if best >= Role.WRITE.level or (best == Role.APPEND.level and (appending or object_exists is not True)):
             return
         if best == Role.APPEND.level:
+            hint = " (send x-amz-write-offset-bytes with the object's length)" if operation == "PutObject" else ""
             raise AccessDenied(
-                f"Access Denied: {principal.access_key_id} may append to {where} but not overwrite it "
-                "(send x-amz-write-offset-bytes with the object's length)"
+                f"Access Denied: {principal.access_key_id} may append to {where} but not overwrite it by {operation}{hint}"
             )
         allowed = False
     if not allowed:
