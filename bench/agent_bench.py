@@ -18,6 +18,7 @@ raw-socket requests (``bench.raws3``), one listing for many objects.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
 def measure(quick: bool = False, only: str = "") -> list[Row]:
     """Every agent benchmark (about 7 minutes; ``quick``: about 2).  ``only``: the parts named, comma-separated."""
     wanted = set(filter(None, only.split(","))) or {"throughput", "freshness", "many", "soak"}
+    load_at_start = os.getloadavg()[0]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=REPO) as name:
         tmp = Path(name)
@@ -128,6 +130,8 @@ def measure(quick: bool = False, only: str = "") -> list[Row]:
                                           outage=8 if quick else 30, poll=0.05, sample=100)
         if "soak" in wanted:
             rows += agent_soak.soak(tmp, kills=10 if quick else 50, rate=1e6, rotate_bytes=2 * MiB, max_delay=2.5)
+    rows.append(("machine load (1-minute average), start / end", f"{load_at_start:.1f} / {os.getloadavg()[0]:.1f}",
+                 f"{os.cpu_count()} cores, shared with whatever else runs", ""))
     return rows
 
 
