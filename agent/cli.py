@@ -5,7 +5,10 @@ name.  Every failure is one line on stderr and a non-zero exit:
 
 * ``tailbucket agent --config FILE``: run the daemon until SIGTERM/SIGINT
   (exit 0 once drained and the checkpoint is written); SIGHUP reloads inputs.
-  Exit 1 for a bad config or a fatal error, 2 for a usage error.
+  Exit 1 for a bad config or a fatal error, 2 for a usage error.  Without
+  ``--config`` the environment is the config (``agent.envconfig``; a missing
+  or bad variable is named, exit 2); ``--print-config`` shows the effective
+  config, secrets masked, and exits 0.
 * ``tailbucket validate --config FILE [--check-sink]``: check the config
   (exit 0, or 1 with the YAML path of the first problem); with
   ``--check-sink`` also prove the bucket takes appends, step by step.
@@ -26,6 +29,7 @@ import trio
 from agent.app import run_agent
 from agent.config import AgentConfig, load_config
 from agent.connect import SinkHealth, check_sink, open_s3
+from agent.envconfig import config_from_env, credentials_note, render_config
 from agent.errors import AgentError, ConfigError
 from sink.errors import SinkError
 from sink.logs import configure_logging
@@ -48,7 +52,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p = _Parser(prog="tailbucket validate", description="Check an agent config (and, optionally, the sink).")
         p.add_argument("--check-sink", action="store_true",
                        help="also create a probe object, append to it, read it back and delete it")
-    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="the agent's YAML config")
+    p.add_argument("--config", required=command != "agent", type=Path, metavar="FILE",
+                   help="the agent's YAML config" + (" (default: from TAILBUCKET_* variables)" if command == "agent" else ""))
+    if command == "agent":
+        p.add_argument("--print-config", action="store_true", help="print the effective config (secrets masked) and exit")
     return p
 
 
@@ -57,8 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("agent", "validate"):
         print("tailbucket: expected 'agent' or 'validate'", file=sys.stderr)
         return EXIT_USAGE
-    command, args = argv[0], _parser(argv[0]).parse_args(argv[1:])
+    parser = _parser(argv[0])
+    command, args = argv[0], parser.parse_args(argv[1:])
     prog = f"tailbucket {command}"
+    if args.config is None and not any(name.startswith("TAILBUCKET_") for name in os.environ):
+        parser.error("the following arguments are required: --config (or TAILBUCKET_PATHS and TAILBUCKET_BUCKET)")
+    if args.config is None:
+        try:
+            config = config_from_env(os.environ)
+        except ConfigError as exc:
+            print(f"{prog}: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.print_config:
+            print(f"# from the environment\n{credentials_note(os.environ)}\n{render_config(config)}", end="")
+            return 0
+        return _run(prog, config, None)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -68,9 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     if command == "validate":
         return validate(config, args.config, check=args.check_sink)
+    if args.print_config:
+        print(f"# from {args.config}\n{render_config(config)}", end="")
+        return 0
+    return _run(prog, config, args.config)
+
+
+def _run(prog: str, config: AgentConfig, config_path: Path | None) -> int:
     configure_logging(config.log.format, config.log.level)
     try:
-        trio.run(run_agent, config, args.config)
+        trio.run(run_agent, config, config_path)
     except KeyboardInterrupt:
         return 128 + 2
     except BaseException as exc:  # noqa: BLE001 - every failure is one line and an exit status
