@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import gc
 import math
-import random
 from datetime import datetime, timezone
-from functools import partial
 from typing import Callable
 
 import structlog
@@ -43,10 +41,9 @@ from agent.connect import SinkHealth
 from agent.errors import AgentError, CheckpointError
 from agent.lanes import Lane, Route
 from agent.metrics import AgentMetrics, StreamPosition
-from agent.pacing import ObjectSoFar, TokenBucket, index_under, part_key, period_of, roll_target, turn_interval
+from agent.objects import StreamObjects
+from agent.pacing import TokenBucket, turn_interval
 from agent.tailer import ReadAheadBudget
-from sink import append as sink_append
-from sink.append import ObjectWriter, Reconciled
 from sink.client import S3Client
 from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
 from sink.retry import RetryPolicy
@@ -56,7 +53,6 @@ log = structlog.get_logger()
 APPEND_RATE = 200.0  # appends a second, all streams together: ~0.3 of a core of httpx at ~1.5 ms each
 APPEND_BURST = 16.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
-MAX_PART_PROBES = 100  # roll-over targets tried before giving up on a stream
 GC_EVERY_BYTES = 8 << 20  # see ``_collect``
 TURNS_PER_SLOT = 8  # turns under way per request slot: their intents go to disk in one write
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
@@ -86,18 +82,13 @@ class Shipper:
         on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
-        self.client = client
         self.bucket = bucket
         self.budget = budget
         self.max_bytes = max_bytes
-        self.max_in_flight = max_in_flight
         self.rate = rate
-        self.retry = retry
         self.metrics = metrics or AgentMetrics()
         self.health = health or SinkHealth()
-        self.s3express = s3express
         self.on_failed = on_failed
-        self._wall = wall_clock
         self._lanes: dict[str, Lane] = {}
         self._ready: dict[str, Lane] = {}  # waiting for a turn; insertion order is turn order
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
@@ -112,6 +103,8 @@ class Shipper:
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._since_gc = 0
+        self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
+                                      wall_clock=wall_clock, record=self._save_with)
 
     # -- streams -------------------------------------------------------------------
 
@@ -152,7 +145,8 @@ class Shipper:
         while lane.failed is None:
             try:
                 async with self._slots:
-                    await self._open_writer(lane)
+                    if await self._objects.open(lane):
+                        self._mark_dirty(lane)
                 return lane.state
             except (ConflictError, AgentError) as exc:
                 self._fail(lane, exc)
@@ -166,10 +160,6 @@ class Shipper:
         """Return once ``predicate()`` holds; it is checked after every append and every ``notify``."""
         while not predicate():
             await self._progress.wait()
-
-    async def wait_idle(self, stream: str) -> None:
-        lane = self._lanes[stream]
-        await self.wait_for(lambda: lane.idle or lane.failed is not None)
 
     async def save(self) -> None:
         """Write every state newer than the checkpoint file (returns at once if there is none)."""
@@ -265,14 +255,15 @@ class Shipper:
                 return
             if lane.writer is None:
                 async with self._slots:
-                    await self._open_writer(lane)
+                    if await self._objects.open(lane):
+                        self._mark_dirty(lane)
             if lane.retry is None:
                 batches = lane.take(self.max_bytes)
                 lane.retry = (batches, await self._encode(lane, batches))
             batches, body = lane.retry
             if lane.state.intent is None:
                 async with self._slots:
-                    await self._roll_if_due(lane, len(body))
+                    await self._objects.roll_if_due(lane, len(body))
                 r0 = lane.state.object_length
                 intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
                 lane.state = lane.state.with_intent(intent)
@@ -325,82 +316,6 @@ class Shipper:
         self._dirty.clear()
         await self.checkpoint.save(lane.state, *others)
 
-    # -- objects ---------------------------------------------------------------------------
-
-    def _writer(self, lane: Lane, key: str, base: str, index: int) -> ObjectWriter:
-        return ObjectWriter(
-            self.client, self.bucket, key, retry=self.retry, next_key=partial(part_key, base), index=index,
-            s3express=self.s3express, on_intent=partial(self._on_intent, lane), rand=self._jitter,
-        )
-
-    async def _open_writer(self, lane: Lane) -> None:
-        """The stream's writer at the recorded object length; a recorded intent is settled first (HEAD)."""
-        if lane.writer is not None:
-            return
-        state = lane.state
-        base = lane.route.base_key(self._wall())
-        index = index_under(state.key, base)
-        if index is None:  # an older template or date: the next append rolls to the current one
-            base, index = state.key, 0
-        writer = self._writer(lane, state.key, base, index)
-        intent = state.intent
-        if intent is None:
-            # No HEAD needed: the first append is sent at the recorded length, and the server's
-            # offset check refuses it if the object is not that long (the writer then finds the conflict).
-            writer.offset = state.object_length
-            lane.writer = writer
-            return
-        verdict = await writer.resume(state.object_length, intent.r1 - intent.r0)
-        if intent is not None:
-            lane.state = state.landed() if verdict is Reconciled.LANDED else state.not_landed()
-            self._mark_dirty(lane)
-            log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value,
-                     f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1)
-        lane.writer = writer
-
-    async def _roll_if_due(self, lane: Lane, body: int) -> None:
-        now = self._wall()
-        base = lane.route.base_key(now)
-        period = period_of(now, lane.route.input.roll.every)
-        current = ObjectSoFar(lane.state.key, lane.state.object_length, lane.appends, lane.period or period)
-        target = roll_target(lane.route.input.roll, current, base, period, body)
-        if lane.period is None:
-            lane.period = period
-        if target is None:
-            return
-        key, reason = target
-        index = index_under(key, base) or 0
-        for _ in range(MAX_PART_PROBES):
-            writer = self._writer(lane, key, base, index)
-            if await writer.open() == 0:
-                break
-            index += 1
-            key = part_key(base, index)
-        else:
-            raise ConflictError("no free roll-over key", bucket=self.bucket, key=key, expected=0, actual="data")
-        log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=lane.state.key, new_key=key, reason=reason,
-                 length=lane.state.object_length)
-        lane.state = lane.state.rolled(key)
-        lane.writer, lane.appends, lane.period = writer, 0, period
-
-    async def _on_intent(self, lane: Lane, announced: sink_append.Intent) -> None:
-        """The writer is about to send: it must be the append recorded, unless the server made it roll over."""
-        state, recorded = lane.state, lane.state.intent
-        if recorded is not None and (announced.key, announced.offset, announced.length) == (state.key, recorded.r0, recorded.r1 - recorded.r0):
-            return
-        # The server refused the object as full (TooManyParts): nothing landed, the writer moved on.
-        assert lane.retry is not None
-        batches, _ = lane.retry
-        if recorded is not None:
-            state = state.not_landed()
-        if announced.key != state.key:
-            log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=state.key, new_key=announced.key, reason="server_full")
-            state = state.rolled(announced.key)
-            lane.appends = 0
-        r0 = announced.offset
-        lane.state = state.with_intent(Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + announced.length))
-        await self._save_with(lane)
-
     # -- trouble ---------------------------------------------------------------------------
 
     def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
@@ -438,11 +353,6 @@ class Shipper:
             self._wakeup()
 
     # -- small things ----------------------------------------------------------------------
-
-    def _jitter(self) -> float:
-        """The writer's retry jitter; every retry draws exactly one sample, so this counts them."""
-        self.metrics.retries.inc()
-        return random.random()
 
     def _collect(self, size: int) -> None:
         """httpx keeps a request (body included) in a reference cycle until the cyclic GC runs:

@@ -1,0 +1,129 @@
+"""Each stream's object: its writer at the recorded length, intents settled at start, roll-over.
+
+* ``open``: the stream's ``ObjectWriter`` at the length the checkpoint
+  recorded.  With no intent on record no HEAD is needed: the first append
+  goes out at that length and the server's offset check refuses it if the
+  object is not that long (the writer then finds the conflict).  With an
+  intent, one HEAD decides it: landed (length r1) or not (r0); anything else
+  is a conflict.
+* ``roll_if_due``: before an append, move to the next key when a ``roll``
+  limit is reached or the rendered key changed (``agent.pacing``); a target
+  that already holds data is skipped, never appended to.
+* ``on_intent``: the writer announces every send; it must be the append
+  recorded, unless the server refused the object as full (``TooManyParts``)
+  and the writer rolled over by itself: then the intent is re-recorded.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+from functools import partial
+from typing import Awaitable, Callable
+
+import structlog
+
+from agent import events
+from agent.checkpoint import Intent
+from agent.lanes import Lane
+from agent.metrics import AgentMetrics
+from agent.pacing import ObjectSoFar, index_under, part_key, period_of, roll_target
+from sink import append as sink_append
+from sink.append import ObjectWriter, Reconciled
+from sink.client import S3Client
+from sink.errors import ConflictError
+from sink.retry import RetryPolicy
+
+log = structlog.get_logger()
+MAX_PART_PROBES = 100  # roll-over targets tried before giving up on a stream
+
+
+class StreamObjects:
+    """Makes and moves the lanes' writers; ``record`` saves a lane's state (the shipper's group commit)."""
+
+    def __init__(self, client: S3Client, bucket: str, *, retry: RetryPolicy, s3express: bool, metrics: AgentMetrics,
+                 wall_clock: Callable[[], datetime], record: Callable[[Lane], Awaitable[None]]) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.retry = retry
+        self.s3express = s3express
+        self.metrics = metrics
+        self._wall = wall_clock
+        self._record = record
+
+    def _writer(self, lane: Lane, key: str, base: str, index: int) -> ObjectWriter:
+        return ObjectWriter(
+            self.client, self.bucket, key, retry=self.retry, next_key=partial(part_key, base), index=index,
+            s3express=self.s3express, on_intent=partial(self.on_intent, lane), rand=self._jitter,
+        )
+
+    async def open(self, lane: Lane) -> bool:
+        """Give ``lane`` its writer; True if that settled an intent (the lane's state changed)."""
+        if lane.writer is not None:
+            return False
+        state = lane.state
+        base = lane.route.base_key(self._wall())
+        index = index_under(state.key, base)
+        if index is None:  # an older template or date: the next append rolls to the current one
+            base, index = state.key, 0
+        writer = self._writer(lane, state.key, base, index)
+        intent = state.intent
+        if intent is None:
+            writer.offset = state.object_length
+            lane.writer = writer
+            return False
+        verdict = await writer.resume(state.object_length, intent.r1 - intent.r0)
+        lane.state = state.landed() if verdict is Reconciled.LANDED else state.not_landed()
+        log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value,
+                 f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1)
+        lane.writer = writer
+        return True
+
+    async def roll_if_due(self, lane: Lane, body: int) -> None:
+        """Move ``lane`` to its next object if the ``body`` bytes about to go must not join this one."""
+        now = self._wall()
+        base = lane.route.base_key(now)
+        period = period_of(now, lane.route.input.roll.every)
+        current = ObjectSoFar(lane.state.key, lane.state.object_length, lane.appends, lane.period or period)
+        target = roll_target(lane.route.input.roll, current, base, period, body)
+        if lane.period is None:
+            lane.period = period
+        if target is None:
+            return
+        key, reason = target
+        index = index_under(key, base) or 0
+        for _ in range(MAX_PART_PROBES):
+            writer = self._writer(lane, key, base, index)
+            if await writer.open() == 0:
+                break
+            index += 1
+            key = part_key(base, index)
+        else:
+            raise ConflictError("no free roll-over key", bucket=self.bucket, key=key, expected=0, actual="data")
+        log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=lane.state.key, new_key=key, reason=reason,
+                 length=lane.state.object_length)
+        lane.state = lane.state.rolled(key)
+        lane.writer, lane.appends, lane.period = writer, 0, period
+
+    async def on_intent(self, lane: Lane, announced: sink_append.Intent) -> None:
+        """The writer is about to send: it must be the append recorded, unless the server made it roll over."""
+        state, recorded = lane.state, lane.state.intent
+        if recorded is not None and (announced.key, announced.offset, announced.length) == (state.key, recorded.r0, recorded.r1 - recorded.r0):
+            return
+        # The server refused the object as full (TooManyParts): nothing landed, the writer moved on.
+        assert lane.retry is not None
+        batches, _ = lane.retry
+        if recorded is not None:
+            state = state.not_landed()
+        if announced.key != state.key:
+            log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=state.key, new_key=announced.key, reason="server_full")
+            state = state.rolled(announced.key)
+            lane.appends = 0
+        r0 = announced.offset
+        lane.state = state.with_intent(Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + announced.length))
+        await self._record(lane)
+
+    def _jitter(self) -> float:
+        """The writers' retry jitter; every retry draws exactly one sample, so this counts them."""
+        self.metrics.retries.inc()
+        return random.random()
