@@ -288,7 +288,7 @@ async def _watch_signals(agent: Agent, systemd: Notifier,
         async with trio.open_nursery() as nursery:
             stopping = False
             async for signum in signals:
-                log.info("signal_received", signal=signal.Signals(signum).name)
+                log.info(events.SIGNAL_RECEIVED, signal=signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
                     nursery.start_soon(_reload, agent, systemd)
                 elif stopping:

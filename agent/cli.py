@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from agent import events
 from agent.app import run_agent
 from agent.config import AgentConfig, load_config
 from agent.connect import SinkHealth, check_sink, open_s3
@@ -105,7 +106,7 @@ def _run(prog: str, config: AgentConfig, config_path: Path | None) -> int:
         if isinstance(leaf, (SystemExit, KeyboardInterrupt)):
             raise
         known = isinstance(leaf, (AgentError, SinkError, OSError))
-        log.error("agent_failed", error=str(leaf), error_type=type(leaf).__name__, exc_info=None if known else leaf)
+        log.error(events.AGENT_FAILED, error=str(leaf), error_type=type(leaf).__name__, exc_info=None if known else leaf)
         print(f"{prog}: {leaf if known else f'internal error {type(leaf).__name__}: {leaf}'}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -14,11 +14,13 @@ AGENT_STARTING = "agent_starting"
 AGENT_READY = "agent_ready"
 AGENT_STOPPING = "agent_stopping"  # a stop signal: draining
 AGENT_STOPPED = "agent_stopped"  # drained (or out of time) and the checkpoint written
+AGENT_FAILED = "agent_failed"  # a fatal error: the process exits 1
 DRAIN_TIMED_OUT = "drain_timed_out"  # appends still in flight at shutdown_timeout: left to the next start
 CONFIG_RELOADED = "config_reloaded"
 CONFIG_RELOAD_FAILED = "config_reload_failed"  # the old config stays in force
 RELOAD_IGNORED_CHANGE = "reload_ignored_change"  # a section that only a restart applies
 STATUS_LISTENING = "status_listening"
+SIGNAL_RECEIVED = "signal_received"
 
 # streams
 STREAM_STARTED = "stream_started"
