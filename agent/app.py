@@ -48,7 +48,7 @@ from sink.errors import RemoteError, SinkError
 from sink.systemd import Notifier
 
 log = structlog.get_logger()
-LINGER = 0.025  # seconds a batch collects lines before the shipper may take it (never more than batch.max_wait)
+LINGER = 0.01  # seconds a batch collects lines before the shipper may take it (never more than batch.max_wait)
 PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
 STATUS_INTERVAL = 5.0  # seconds between STATUS= lines to systemd
 BATCH_QUEUE = 64  # batches between the batcher and the shipper

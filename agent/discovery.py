@@ -189,7 +189,8 @@ class Streams:
                 tailer = self._tailers.get(path)
                 if tailer is not None:
                     tailer.poke()
-            await trio.sleep(min(MAX_POKE_PAUSE, self.shipper.turn_interval()))
+            # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
+            await trio.sleep(min(MAX_POKE_PAUSE, self.shipper.turn_interval() / 2))
 
     def _startable(self, path: str) -> bool:
         return path not in self._tailers and path not in self._starting and path not in self._failed
