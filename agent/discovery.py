@@ -147,11 +147,10 @@ class Streams:
         async def start_one(path: str, index: int) -> None:
             await nursery.start(self._open_stream, path, self.inputs[index], index in fresh, claims)
 
-        async with trio.open_nursery() as starting:  # in parallel; returns once every tailer runs (or waits)
+        async with trio.open_nursery() as starting:  # in parallel (their first states share writes)
             for path, index in found.items():
                 if self._startable(path):
                     starting.start_soon(start_one, path, index)
-        await self.shipper.save()  # the new streams' first states, in one write
 
     async def _watch(self, scanner: Scanner, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -270,8 +269,12 @@ class Streams:
                     log.error(events.STREAM_FAILED, stream=path, error=str(exc), error_type=type(exc).__name__)
                     return None
                 offset = probe.size if fresh and spec.read_from == "end" else 0
-                state = StreamState(path, key, probe.identity, offset)
-            lane = self.shipper.add_stream(route, state)
+                lane = self.shipper.add_stream(route, StreamState(path, key, probe.identity, offset))
+                # On disk before the first byte is read: after a crash, a stream the checkpoint does not
+                # know would be "present at start-up", and read_from: end would skip what it had read.
+                await self.shipper.save(durable=True)
+            else:
+                lane = self.shipper.add_stream(route, state)
         else:
             self.shipper.add_stream(route, lane.state)
         exited = self._exited.get(path)

@@ -161,9 +161,13 @@ class Shipper:
         while not predicate():
             await self._progress.wait()
 
-    async def save(self) -> None:
-        """Write every state newer than the checkpoint file (returns at once if there is none)."""
-        if self._dirty:
+    async def save(self, *, durable: bool = False) -> None:
+        """Write every state newer than the checkpoint file.
+
+        With nothing new this returns at once, unless ``durable``: then it also
+        waits for a write that another task started with this task's states in it.
+        """
+        if self._dirty or durable:
             states = [lane.state for lane in self._dirty]
             self._dirty.clear()
             await self.checkpoint.save(*states)
