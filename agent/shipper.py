@@ -324,10 +324,10 @@ class Shipper:
 
     def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
         """Stop the stream for this run.  Outside its turn, a turn in progress keeps (and settles) its batches."""
+        self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
         if lane.failed is not None:
             return
         lane.failed = str(exc)
-        self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
         self._ready.pop(lane.stream, None)
         if isinstance(exc, ConflictError):
             self.metrics.conflicts.inc()
