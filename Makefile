@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: install
-	$(BIN)/tailbucket server --listen 127.0.0.1:9000 --data-dir ./data
+run: install  # the demo: server (data in ./data), a rotating demo log, an agent; Ctrl-C stops it all
+	$(BIN)/python -m demo --data-dir ./data --listen 127.0.0.1:9000
 
 test: install
 	$(BIN)/python -m pytest -q

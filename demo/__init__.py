@@ -1,0 +1,1 @@
+"""The demo of ``make run``: the server, an agent and a log generator that rotates (``python -m demo``)."""
