@@ -17,9 +17,12 @@ per rotated generation not yet shipped).
 
 from __future__ import annotations
 
+import json
 import random
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, wait_until
 from bench.logwriter import MiB, RotatingWriter
@@ -39,6 +42,7 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
     server = ServerProcess(tmp / "soak-data").start()
     agent: AgentProcess | None = None
     stats = {"ready": 0, "landed": 0, "not_landed": 0, "errors": 0}
+    journal: list[dict[str, Any]] = []  # every run's events, for a post-mortem
     try:
         with RawS3(server.port) as s3:
             s3.create_bucket(BUCKET)
@@ -50,7 +54,7 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
                 agent = AgentProcess(config).start()
                 time.sleep(rng.uniform(0.1, max_delay))  # a random moment: the point of the soak
                 agent.kill()
-                _tally(agent, stats)
+                _tally(agent, stats, journal)
         finally:
             writer.stop()
         soaked = time.monotonic() - started
@@ -59,12 +63,16 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
         expected = {f"{HOST}/{path.name}": writer.generations(i) for i, path in enumerate(writer.paths)}
         sizes = {key: sum(p.stat().st_size for p in paths) for key, paths in expected.items()}
         with RawS3(server.port) as s3:
-            caught_up = wait_until(lambda: sizes_reached(s3, BUCKET, f"{HOST}/", sizes), 180, "soak caught up",
-                                   every=0.1)
-            if agent.stop() != 0:
-                raise RuntimeError(f"the last agent did not drain: {agent.tail()}")
-            _tally(agent, stats)
-            total = verify(s3, BUCKET, expected)
+            try:
+                caught_up = wait_until(lambda: sizes_reached(s3, BUCKET, f"{HOST}/", sizes), 180, "soak caught up",
+                                       every=0.1)
+                if agent.stop() != 0:
+                    raise RuntimeError(f"the last agent did not drain: {agent.tail()}")
+                _tally(agent, stats, journal)
+                total = verify(s3, BUCKET, expected)
+            except (TimeoutError, RuntimeError, AssertionError) as exc:
+                _tally(agent, stats, journal)
+                raise AssertionError(f"{exc}; {post_mortem(s3, expected, journal)}") from exc
         catch_up = caught_up - final_start
     finally:
         if agent is not None:
@@ -78,7 +86,31 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
              "target >= 50 kills, exact")]
 
 
-def _tally(agent: AgentProcess, stats: dict[str, int]) -> None:
+def post_mortem(s3: RawS3, expected: dict[str, list[Path]], journal: list[dict[str, Any]]) -> str:
+    """Where each object departs from its log (file and offset), and where the runs' events were saved."""
+    notes = []
+    for key, paths in expected.items():
+        got = s3.get(BUCKET, key) or b""
+        at = 0
+        for path in paths:
+            data = path.read_bytes()
+            part = got[at : at + len(data)]
+            if part != data:
+                where = next((i for i, (a, b) in enumerate(zip(part, data)) if a != b), min(len(part), len(data)))
+                notes.append(f"{key}: object has {len(got)} bytes; departs in {path.name} at offset {where} "
+                             f"(object offset {at + where}) of {len(data)}")
+                break
+            at += len(data)
+        else:
+            notes.append(f"{key}: equal to its logs" if at == len(got) else f"{key}: {len(got) - at} bytes too many")
+    out = Path(tempfile.gettempdir()) / f"agent-soak-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.write_text("".join(json.dumps(event) + "\n" for event in journal))
+    return "; ".join(notes) + f"; every run's events in {out}"
+
+
+def _tally(agent: AgentProcess, stats: dict[str, int], journal: list[dict[str, Any]]) -> None:
+    journal.append({"event": "bench_run", "pid": agent.pid})
+    journal.extend(agent.events)
     stats["ready"] += agent.count("agent_ready")
     for event in agent.events:
         if event.get("event") == "intent_resolved":
