@@ -33,7 +33,7 @@ from agent.batcher import Chunk
 from agent.checkpoint import Checkpoint, StreamState
 from agent.config import AgentConfig, InputConfig
 from agent.errors import KeyRenderError
-from agent.fingerprint import FileIdentity, Probe, matches, probe_path
+from agent.fingerprint import FileIdentity, Probe, matches, probe_path, unreadable_reason
 from agent.lanes import Route
 from agent.metrics import AgentMetrics
 from agent.scanner import Scanner
@@ -79,6 +79,7 @@ class Streams:
         self._starting: set[str] = set()
         self._failed: set[str] = set()
         self._skipped: set[tuple[str, int, int]] = set()  # (path, dev, inode) reported as read by another stream
+        self._unreadable: set[tuple[str, str]] = set()  # (path, reason) already warned about
         self._pokes: set[str] = set()
         self._poke_wanted = trio.Event()
         self._watch_scope = trio.CancelScope()
@@ -211,6 +212,13 @@ class Streams:
                 add(stream, identity)
         return index
 
+    async def _warn_if_unreadable(self, path: str) -> None:
+        """A matching file the agent may not read is skipped: say so once, naming the file and why."""
+        reason = await trio.to_thread.run_sync(unreadable_reason, path)
+        if reason is not None and (path, reason) not in self._unreadable:
+            self._unreadable.add((path, reason))
+            log.warning(events.FILE_UNREADABLE, path=path, error=reason)
+
     @staticmethod
     def _claimed_by(claims: _Claims, path: str, probe: Probe) -> str | None:
         for stream, identity in claims.get((probe.dev, probe.ino), ()):
@@ -234,6 +242,8 @@ class Streams:
 
         try:
             probe = await trio.to_thread.run_sync(probe_path, path)
+            if probe is None:
+                await self._warn_if_unreadable(path)
             owner = None if probe is None else self._claimed_by(claims, path, probe)
             if probe is None or owner is not None:
                 if owner is not None and (path, probe.dev, probe.ino) not in self._skipped:  # type: ignore[union-attr]

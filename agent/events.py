@@ -26,6 +26,7 @@ SIGNAL_RECEIVED = "signal_received"
 STREAM_STARTED = "stream_started"
 STREAM_STOPPED = "stream_stopped"  # its input was removed or changed by a reload
 STREAM_ENDED = "stream_ended"  # its file was deleted and read to the end
+FILE_UNREADABLE = "file_unreadable"  # a matching file the agent may not read (warned once per path and reason)
 STREAM_SKIPPED = "stream_skipped"  # a path whose file another stream reads (a rotated name the glob matches)
 STREAM_FAILED = "stream_failed"  # stopped for this run: a conflict or an impossible key
 INTENT_RESOLVED = "intent_resolved"  # an append recorded before a restart: landed or not

@@ -128,6 +128,17 @@ def probe_path(path: str) -> Probe | None:
     return probe
 
 
+def unreadable_reason(path: str) -> str | None:
+    """Why an existing file at ``path`` cannot be read (e.g. "Permission denied"); None if it is gone or readable."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def find_in_directory(directory: str, known: FileIdentity) -> str | None:
     """A path in ``directory`` that holds ``known`` (a rotated sibling such as ``app.log.1``)."""
     try:
