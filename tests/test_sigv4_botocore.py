@@ -36,7 +36,9 @@ SMALLER = settings(PROPERTY, max_examples=100)
 awkward = st.sampled_from([" ", "+", "%", "%2F", "/", "?", "#", "&", "=", "~", "$", "é", "ሴ", "😀", "*", "'"])
 any_char = st.characters(blacklist_categories=("Cs",))
 text = st.lists(st.one_of(awkward, any_char), max_size=8).map("".join)
-segments = st.lists(text, min_size=1, max_size=4)  # empty segments give "//" and a trailing "/"
+# Empty segments give "//" and a trailing "/"; "." and ".." are left out because httpx
+# normalises them away in URLs (the sink escapes dots for such keys: tests/sink/test_protocol.py).
+segments = st.lists(text.filter(lambda s: s not in (".", "..")), min_size=1, max_size=4)
 query_pairs = st.lists(st.tuples(text.filter(bool), st.one_of(st.none(), text)), max_size=4)
 
 # Header names and values: tokens and printable ASCII, so httpx and botocore
