@@ -17,7 +17,7 @@ import botocore.auth
 import httpx
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from server.auth import StaticKeyring, authenticate
@@ -36,9 +36,7 @@ SMALLER = settings(PROPERTY, max_examples=100)
 awkward = st.sampled_from([" ", "+", "%", "%2F", "/", "?", "#", "&", "=", "~", "$", "é", "ሴ", "😀", "*", "'"])
 any_char = st.characters(blacklist_categories=("Cs",))
 text = st.lists(st.one_of(awkward, any_char), max_size=8).map("".join)
-# Empty segments give "//" and a trailing "/"; "." and ".." are left out because httpx
-# normalises them away in URLs (the sink escapes dots for such keys: tests/sink/test_protocol.py).
-segments = st.lists(text.filter(lambda s: s not in (".", "..")), min_size=1, max_size=4)
+segments = st.lists(text, min_size=1, max_size=4)  # empty segments give "//" and a trailing "/"
 query_pairs = st.lists(st.tuples(text.filter(bool), st.one_of(st.none(), text)), max_size=4)
 
 # Header names and values: tokens and printable ASCII, so httpx and botocore
@@ -87,6 +85,8 @@ def botocore_sign(request: httpx.Request, region: str, moment: int, token: str |
 @given(methods, segments, query_pairs, headers, st.binary(max_size=64), regions, moments, tokens)
 def test_same_signature_as_botocore(method, parts, pairs, header_list, body, region, moment, token):
     path, query = wire_path(parts), wire_query(pairs)
+    # httpx normalises "." and ".." segments away in URLs (the sink escapes dots for such keys).
+    assume(not {".", ".."} & set(path.split("/")))
     request = httpx.Request(method, url_of(path, query), headers=header_list, content=body)
     assert request.url.raw_path == (path + (f"?{query}" if query else "")).encode()
     theirs = botocore_sign(request, region, moment, token)
