@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 run: install  # the demo: server (data in ./data), a rotating demo log, an agent; Ctrl-C stops it all
 	$(BIN)/python -m demo --data-dir ./data --listen 127.0.0.1:9000
 
+# Three workers on two cores: most tests wait on real servers, processes and sockets.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3
 
 bench: install
 	$(BIN)/python -m bench
