@@ -129,7 +129,7 @@ def measure(quick: bool = False, only: str = "") -> list[Row]:
             rows += agent_load.many_files(tmp, files=1000, per_file=10, window=8 if quick else 30,
                                           outage=8 if quick else 30, poll=0.05, sample=100)
         if "soak" in wanted:
-            rows += agent_soak.soak(tmp, kills=10 if quick else 50, rate=1e6, rotate_bytes=2 * MiB, max_delay=2.5)
+            rows += agent_soak.soak(tmp, kills=10 if quick else 50, rate=1e6, rotate_bytes=2 * MiB, max_delay=1.5)
     rows.append(("machine load (1-minute average), start / end", f"{load_at_start:.1f} / {os.getloadavg()[0]:.1f}",
                  f"{os.cpu_count()} cores, shared with whatever else runs", ""))
     return rows

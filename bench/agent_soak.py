@@ -3,11 +3,15 @@
 A ``RotatingWriter`` appends to two logs and rotates them logrotate-style
 (rename + create, a late line into the renamed file, some lines written in two
 pieces) and never deletes, so every byte ever written is still on disk.  The
-agent is started, killed with SIGKILL after a random delay (from "still
-importing" to "busy shipping"), and started again, ``kills`` times, while
-the writer goes on.  Then the writer stops, one last agent catches up and
-drains (SIGTERM), and each object must equal its log's generations
-concatenated, oldest first: no byte lost, none twice, none out of order.
+writer starts once an agent has recorded both streams (a generation rotated
+away before the agent ever saw its log is, by design, not shipped).  Then the
+agent is killed with SIGKILL at a random moment after its first log line
+(from "loading the checkpoint" to "busy shipping"; a kill while Python is
+still importing proves nothing, and on a loaded machine imports take
+seconds), and started again, ``kills`` times, while the writer goes on.
+Then the writer stops, one last agent catches up and drains (SIGTERM), and
+each object must equal its log's generations concatenated, oldest first: no
+byte lost, none twice, none out of order.
 
 Rotation waits for the old file to be quiet for ``partial_line_timeout``
 (the tailer's rotation grace); the soak sets it to 500 ms so that the catch-up
@@ -35,7 +39,7 @@ LOGS = ("app.log", "web.log")
 
 
 def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float, seed: int | None = None) -> list[Row]:
-    """``kills`` SIGKILLs, each after a random delay in [0.1, max_delay] s; the objects must equal the logs."""
+    """``kills`` SIGKILLs, each [0, max_delay] s after the agent's first event; the objects must equal the logs."""
     rng = random.Random(seed)
     workdir = tmp / "soak"
     workdir.mkdir()
@@ -47,12 +51,17 @@ def soak(tmp: Path, kills: int, rate: float, rotate_bytes: int, max_delay: float
         with RawS3(server.port) as s3:
             s3.create_bucket(BUCKET)
         config = agent_config(workdir, server.url, BUCKET, partial_line_timeout="500ms")
-        writer = RotatingWriter([workdir / "logs" / name for name in LOGS], rate, rotate_bytes).start()
+        writer = RotatingWriter([workdir / "logs" / name for name in LOGS], rate, rotate_bytes)  # files, no lines
+        agent = AgentProcess(config).start().wait_ready()  # both streams are in the checkpoint
+        writer.start()
         started = time.monotonic()
         try:
-            for _ in range(kills):
-                agent = AgentProcess(config).start()
-                time.sleep(rng.uniform(0.1, max_delay))  # a random moment: the point of the soak
+            for kill in range(kills):
+                if kill:
+                    agent = AgentProcess(config).start()
+                if not agent.wait_event("agent_starting", 60):
+                    raise RuntimeError(f"the agent did not start: {agent.tail()}")
+                time.sleep(rng.uniform(0.0, max_delay))  # a random moment: the point of the soak
                 agent.kill()
                 _tally(agent, stats, journal)
         finally:

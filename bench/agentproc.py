@@ -80,7 +80,8 @@ class AgentProcess:
     config: Path
     proc: subprocess.Popen | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
-    _ready: threading.Event = field(default_factory=threading.Event)
+    _arrived: threading.Condition = field(default_factory=threading.Condition)
+    _exited: bool = False
     _reader: threading.Thread | None = None
 
     def start(self) -> AgentProcess:
@@ -88,7 +89,7 @@ class AgentProcess:
                                      cwd=REPO, env=client_env(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.events = []
-        self._ready = threading.Event()
+        self._exited = False
         self._reader = threading.Thread(target=self._read_events, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
@@ -105,13 +106,21 @@ class AgentProcess:
                 event = json.loads(line)
             except ValueError:
                 event = {"event": "text", "line": line.decode(errors="replace").rstrip()}
-            self.events.append(event)
-            if event.get("event") == "agent_ready":
-                self._ready.set()
-        self._ready.set()  # exited: wait_ready must not hang
+            with self._arrived:
+                self.events.append(event)
+                self._arrived.notify_all()
+        with self._arrived:
+            self._exited = True  # waiters must not hang
+            self._arrived.notify_all()
+
+    def wait_event(self, name: str, timeout: float) -> bool:
+        """Wait until the agent has logged ``name`` (True), or exited or ``timeout`` passed without it (False)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.count(name) > 0 or self._exited, timeout)
+            return self.count(name) > 0
 
     def wait_ready(self, timeout: float = 60.0) -> AgentProcess:
-        if not self._ready.wait(timeout) or self.proc is None or self.proc.poll() is not None:
+        if not self.wait_event("agent_ready", timeout) or self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"the agent did not get ready: {self.tail()}")
         return self
 
