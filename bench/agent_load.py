@@ -10,6 +10,8 @@ the files byte for byte.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -104,15 +106,15 @@ def observe(fleet: Fleet, seconds: float) -> Window:
 
 
 def latencies_of(writer: PacedWriter, seen: dict[str, SizeLog], fleet: Fleet, paths: list[Path],
-                 before: float) -> tuple[list[float], int]:
-    """Every line's freshness for ``paths``, for writes made before ``before``; and lines never seen."""
+                 since: float = -math.inf) -> tuple[list[float], int]:
+    """Every line's freshness for ``paths``, for writes made from ``since`` on; and lines never seen."""
     out: list[float] = []
     missing = 0
     index = {p: i for i, p in enumerate(writer.paths)}
     for key, path in fleet.keys(paths).items():
         log = writer.logs[index[path]]
-        cut = next((i for i, t in enumerate(log.times) if t >= before), len(log.times))
-        log = WriteLog(log.ends[:cut], log.times[:cut], log.counts[:cut])
+        cut = bisect.bisect_left(log.times, since)
+        log = WriteLog(log.ends[cut:], log.times[cut:], log.counts[cut:])
         got, lost = line_latencies(log, seen.get(key))
         out += got
         missing += lost
@@ -129,7 +131,7 @@ def freshness(tmp: Path, files: int, rate: int, seconds: float, poll: float) -> 
         writer.stop()
         fleet.caught_up(timeout=60)
         seen = poller.stop()
-        lat, missing = latencies_of(writer, seen, fleet, fleet.paths, before=float("inf"))
+        lat, missing = latencies_of(writer, seen, fleet, fleet.paths)
     finally:
         fleet.close()
     if missing:
@@ -167,9 +169,16 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/f{'0' * (4 - len(str(sample - 1)))}", poll).start()
         writer = PacedWriter(fleet.paths, files * per_file).start()
         time.sleep(min(5.0, window / 3))  # warm-up: every stream has had its first append
+        measured_from = time.monotonic()
         seen_window = observe(fleet, window)
+        writer.stop()
         steady_peak = memory_mib(fleet.agent.pid)["VmHWM"]
+        fleet.caught_up(timeout=180)
+        seen = poller.stop()
+        lat, missing = latencies_of(writer, seen, fleet, sampled, since=measured_from)
         # The outage: the writers go on, the agent must not buffer.
+        writer = PacedWriter(fleet.paths, files * per_file, tag="-outage").start()
+        time.sleep(1.0)  # writing again before the server goes
         before = memory_mib(fleet.agent.pid)["VmRSS"]
         down_at = time.monotonic()
         fleet.server.kill()
@@ -182,20 +191,19 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         time.sleep(1.0)  # the writers go on a moment after the server is back
         writer.stop()
         caught_up = fleet.caught_up(timeout=180) - up_at
-        seen = poller.stop()
-        lat, missing = latencies_of(writer, seen, fleet, sampled, before=down_at)
         memory = memory_mib(fleet.agent.pid)
     finally:
         fleet.close()
     if missing:
-        raise AssertionError(f"{missing} lines written before the outage never seen by the poller")
+        raise AssertionError(f"{missing} lines never seen by the poller although the objects are complete")
     low, high = min(rss) / before - 1, max(rss) / before - 1
     return [
         (f"{files:,} files x {per_file:g} lines/s: agent CPU", f"{seen_window.agent_cpu:.2f} core",
          f"over {window:.0f} s (after {min(5.0, window / 3):.0f} s warm-up): {seen_window}",
          "target <= 0.5 core"),
         (f"{files:,} files x {per_file:g} lines/s: freshness", f"p50 {percentile(lat, 50) * 1e3:.0f} ms, "
-         f"p99 {percentile(lat, 99) * 1e3:.0f} ms", f"{sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
+         f"p99 {percentile(lat, 99) * 1e3:.0f} ms",
+         f"lines written in the window, {sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
          "target p99 <= 1 s"),
         (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections",
          f"{ceiling:,.0f} appends/s",

@@ -53,10 +53,13 @@ class WriteLog:
 
 
 class PacedWriter:
-    """A thread writing ``rate`` lines a second spread evenly over ``paths``, in ticks of ``tick`` seconds."""
+    """A thread writing ``rate`` lines a second spread evenly over ``paths``, in ticks of ``tick`` seconds.
 
-    def __init__(self, paths: list[Path], rate: float, tick: float = 0.01) -> None:
+    Lines are tagged with the file's name and ``tag`` (so two writers' lines differ)."""
+
+    def __init__(self, paths: list[Path], rate: float, tick: float = 0.01, tag: str = "") -> None:
         self.paths = paths
+        self.tag = tag
         per_tick = max(1, round(rate * tick))
         self.per_file = max(1, per_tick // len(paths))  # lines per file per visit
         self.files_per_tick = max(1, per_tick // self.per_file)
@@ -92,7 +95,7 @@ class PacedWriter:
                 self._stop.wait(pause)  # the writer's pace, not a wait for the system under test
 
     def _write(self, i: int) -> None:
-        data = lines(self.paths[i].name, self._seq[i], self.per_file)
+        data = lines(self.paths[i].name + self.tag, self._seq[i], self.per_file)
         written_at = time.monotonic()
         os.write(self._fds[i], data)
         self._seq[i] += self.per_file
