@@ -133,6 +133,7 @@ async def test_sigterm_drains_and_exits_0_with_the_checkpoint_written(server, s3
     agent = await AgentProcess.start(write_config(tmp_path / "agent.yaml", document))
     launched.append(agent)
     await agent.event("agent_ready")
+    await agent.event("append_acked")  # shipping has begun (on a busy machine it may take a moment)
     for i in range(20):  # a writer keeps writing until the signal
         append_to(log, lines(f"burst{i}", 300))
     agent.proc.send_signal(signal.SIGTERM)
