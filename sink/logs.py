@@ -15,10 +15,10 @@ make them.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import sys
+import time
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -26,7 +26,6 @@ import structlog
 LogFormat = Literal["auto", "json", "console"]
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}  # as structlog.processors.add_log_level maps them
-_UTC = datetime.timezone.utc
 
 
 def _fallback(obj: Any) -> Any:
@@ -41,12 +40,25 @@ class JSONLines:
     """Processor: add ``level`` and an ISO-8601 UTC ``timestamp``, render one JSON line."""
 
     def __init__(self) -> None:
-        self._encode = json.JSONEncoder(default=_fallback).encode
+        self._encode = json.JSONEncoder(default=_fallback, check_circular=False).encode
+        self._second: tuple[int, str] = (-1, "")  # (epoch second, its date and time): one object, so threads see a pair
 
     def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
         event_dict["level"] = _LEVEL_OF_METHOD.get(method_name, method_name)
-        event_dict["timestamp"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+        event_dict["timestamp"] = self._timestamp()
         return self._encode(event_dict)
+
+    def _timestamp(self) -> str:
+        """What ``datetime.now(timezone.utc).isoformat()`` with ``Z`` gives, the date
+        and time formatted once a second (a quarter of the cost of a log line otherwise)."""
+        now = time.time()
+        second, prefix = self._second
+        if int(now) != second:
+            second = int(now)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        micro = int((now - second) * 1_000_000)
+        return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, stream: TextIO | None = None) -> None:

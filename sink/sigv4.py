@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime
 from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
@@ -45,6 +46,7 @@ UNSIGNED_HEADERS = frozenset(
 )
 
 _SPACES = re.compile(r"[ \t\r\n]+")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~/]*")  # only bytes that S3's encoding leaves as they are
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DATE_STAMP = re.compile(r"\d{8}")
 
@@ -85,6 +87,8 @@ def canonical_uri(raw_path: str | bytes, *, s3: bool = True) -> str:
     AWS test suite): normalise dot segments and slashes, then encode the wire
     form again, which double-encodes any ``%XX`` in it.
     """
+    if s3 and isinstance(raw_path, str) and _PLAIN_PATH.fullmatch(raw_path):
+        return raw_path or "/"  # nothing to decode or encode: the usual S3 path
     path = _bytes(raw_path) or b"/"
     if s3:
         return uri_encode(unquote_to_bytes(path), encode_slash=False)
@@ -108,6 +112,8 @@ def canonical_query(raw_query: str | bytes, *, exclude: Iterable[str] = ()) -> s
     A name without ``=`` gets an empty value (``?lifecycle`` → ``lifecycle=``).
     ``exclude`` drops parameters by decoded name (query auth drops X-Amz-Signature).
     """
+    if not raw_query:
+        return ""
     skip = {_bytes(name) for name in exclude}
     encoded = sorted(
         (uri_encode(name, encode_slash=True), uri_encode(value, encode_slash=True))
@@ -130,17 +136,25 @@ def canonical_headers(headers: Iterable[tuple[str, str]], signed_names: Iterable
     repeated headers are joined with ``,`` in the order received.  A signed
     header missing from the request canonicalises with an empty value.
     """
-    wanted = {name.lower() for name in signed_names}
-    values: dict[str, list[str]] = {name: [] for name in wanted}
+    wanted = _signed_set(tuple(signed_names))
+    values: dict[str, str] = {}
     for name, value in headers:
         lname = name.lower()
         if lname in wanted:
-            values[lname].append(_trim(value))
-    return "".join(f"{name}:{','.join(values[name])}\n" for name in sorted(wanted))
+            value = _trim(value)
+            values[lname] = value if lname not in values else f"{values[lname]},{value}"
+    return "".join([f"{name}:{values.get(name, '')}\n" for name in wanted])
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_set(signed_names: tuple[str, ...]) -> dict[str, None]:
+    """The signed names, lower-cased, sorted and deduplicated (an ordered set): a
+    client signs the same list on every request."""
+    return dict.fromkeys(sorted({name.lower() for name in signed_names}))
 
 
 def signed_headers_line(signed_names: Iterable[str]) -> str:
-    return ";".join(sorted({name.lower() for name in signed_names}))
+    return ";".join(_signed_set(tuple(signed_names)))
 
 
 def canonical_request(
@@ -207,7 +221,20 @@ def signing_key(secret: str, date_stamp: str, region: str, service: str) -> byte
 
 
 def signature(key: bytes, string_to_sign: str) -> str:
-    return hmac.digest(key, _bytes(string_to_sign), "sha256").hex()  # one-shot HMAC: no HMAC object per call
+    inner, outer = _hmac_pads(key)
+    inner = inner.copy()
+    inner.update(_bytes(string_to_sign))
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+@functools.lru_cache(maxsize=128)
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once: a signing
+    key lives a day, and copying a started hash is cheaper than starting one."""
+    block = key.ljust(64, b"\0") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
 
 @dataclass(frozen=True)
@@ -267,6 +294,27 @@ def parse_authorization(value: str) -> Authorization:
     Accepts ``,`` and ``, `` between components (the S3 docs use the first,
     the SDKs the second), in any order.
     """
+    # The usual form ends with the signature, and all before it repeats request
+    # after request (same key, day, region and signed names): parse that once.
+    head, mark, sig = value.rpartition(", Signature=")
+    if mark and _HEX64.fullmatch(sig):
+        try:
+            parts = _parse_authorization_head(head)
+        except ValueError:
+            pass  # let the full parse below say what is wrong
+        else:
+            return Authorization(*parts, sig)
+    return _parse_authorization(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_authorization_head(head: str) -> tuple[str, str, str, str, tuple[str, ...]]:
+    """(akid, date, region, service, signed headers) of an Authorization value without its signature."""
+    auth = _parse_authorization(f"{head}, Signature={'0' * 64}")
+    return auth.access_key_id, auth.date_stamp, auth.region, auth.service, auth.signed_headers
+
+
+def _parse_authorization(value: str) -> Authorization:
     scheme, _, rest = value.strip().partition(" ")
     if scheme != ALGORITHM:
         raise ValueError(f"unsupported authorization scheme {scheme!r}; expecting {ALGORITHM}")
