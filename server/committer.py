@@ -32,6 +32,7 @@ at any step has its data file put back (``PendingWrite.discard``).
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -66,31 +67,35 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 
 
 class _Pipe:
-    """Hands jobs to the worker thread, which takes all that are queued at once."""
+    """Hands jobs to the worker thread, which takes all that are queued at once.
+
+    A ``queue.SimpleQueue``: putting is one C call, and it wakes the worker only
+    when the worker waits.  ``None`` is the end."""
 
     def __init__(self) -> None:
-        self._jobs: list[CommitJob] = []
-        self._ready = threading.Condition(threading.Lock())
+        self._queue: queue.SimpleQueue[CommitJob | None] = queue.SimpleQueue()
         self._closed = False
 
     def put(self, job: CommitJob) -> None:
-        with self._ready:
-            self._jobs.append(job)
-            if len(self._jobs) == 1:  # the worker waits only on an empty queue: wake it once per batch
-                self._ready.notify()
+        self._queue.put(job)
 
     def take(self) -> list[CommitJob] | None:
         """Every queued job (blocking until there is one); None once closed and drained."""
-        with self._ready:
-            while not self._jobs and not self._closed:
-                self._ready.wait()
-            batch, self._jobs = self._jobs, []
-            return batch or None
+        if self._closed:
+            return None
+        batch: list[CommitJob] = []
+        job = self._queue.get()
+        while job is not None:
+            batch.append(job)
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return batch
+        self._closed = True  # the end: what came before it is the last batch
+        return batch or None
 
     def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
+        self._queue.put(None)
 
 
 class GroupCommitter:

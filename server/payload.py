@@ -80,16 +80,17 @@ class Payload:
             raise MissingContentLength()
         return request.body.content_length
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        body = self._request.body
-        while data := await body.read(READ_SIZE):
-            pieces = self._decoder.feed(data) if self._decoder else (data,)
-            for piece in pieces:
-                if self._sha256 is not None:
-                    self._sha256.update(piece)
-                for hasher in self._hashers.values():
-                    hasher.update(piece)
-                yield piece
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Pieces(self)
+
+    def _hash(self, piece: bytes) -> None:
+        if self._sha256 is not None:
+            self._sha256.update(piece)
+        for hasher in self._hashers.values():
+            hasher.update(piece)
+
+    def _end(self) -> None:
+        """The body ended: check what could only be checked at its end."""
         if self._decoder is not None:
             self.trailers = dict(self._decoder.finish())
         if self._body_signature is not None:  # curl < 8 signs the body's hash without sending it
@@ -118,6 +119,40 @@ class Payload:
     def response_headers(self) -> list[tuple[str, str]]:
         """The checksums the client sent, echoed as S3 does on a successful PUT."""
         return [(checksums.header_name(a), checksums.encode(d)) for a, d in self.verified.items()]
+
+
+class _Pieces:
+    """Iterates a Payload: decoded pieces, each hashed as it is handed out; at the end,
+    ``Payload._end``.  A class rather than an async generator: one runs per request,
+    and trio keeps a record of every async generator started."""
+
+    __slots__ = ("_payload", "_queued", "_ended")
+
+    def __init__(self, payload: Payload) -> None:
+        self._payload = payload
+        self._queued: list[bytes] = []  # decoded pieces of the last read not handed out yet, last first
+        self._ended = False
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        payload = self._payload
+        while not self._queued:
+            if self._ended:
+                raise StopAsyncIteration
+            data = await payload._request.body.read(READ_SIZE)
+            if not data:
+                self._ended = True
+                payload._end()
+                raise StopAsyncIteration
+            if payload._decoder is None:
+                payload._hash(data)
+                return data
+            self._queued = list(reversed(payload._decoder.feed(data)))
+        piece = self._queued.pop()
+        payload._hash(piece)
+        return piece
 
 
 def _algorithm_of(header: str) -> str:

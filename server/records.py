@@ -114,7 +114,7 @@ class BodyHasher:
     and is not computed twice).
     """
 
-    __slots__ = ("size", "_md5", "_crc32", "_object_crc32", "extra")
+    __slots__ = ("size", "_md5", "_crc32", "_object_crc32", "extra", "_digest")
 
     def __init__(self, extends_crc32: int | None = None, extra: checksums.Hasher | None = None) -> None:
         self.size = 0
@@ -122,6 +122,7 @@ class BodyHasher:
         self._crc32 = 0
         self._object_crc32 = extends_crc32
         self.extra = extra  # another full-object checksum kept alongside (CRC32C, CRC64NVME, SHA-*)
+        self._digest: BodyDigest | None = None  # once asked for (the body check, then the commit)
 
     def update(self, data: bytes) -> None:
         self.update_md5(data)
@@ -130,9 +131,11 @@ class BodyHasher:
     # The two halves of ``update``, which touch disjoint state: a large body's
     # pieces run them in two threads at once (MD5 alone is as slow as the rest).
     def update_md5(self, data: bytes) -> None:
+        self._digest = None
         self._md5.update(data)
 
     def update_others(self, data: bytes) -> None:
+        self._digest = None
         self.size += len(data)
         self._crc32 = zlib.crc32(data, self._crc32)
         if self._object_crc32 is not None:
@@ -141,7 +144,9 @@ class BodyHasher:
             self.extra.update(data)
 
     def digest(self) -> BodyDigest:
-        return BodyDigest(size=self.size, md5=self._md5.digest(), crc32=self._crc32)
+        if self._digest is None:
+            self._digest = BodyDigest(size=self.size, md5=self._md5.digest(), crc32=self._crc32)
+        return self._digest
 
     @classmethod
     def for_new(cls, new: NewObject) -> BodyHasher:
