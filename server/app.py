@@ -66,6 +66,8 @@ class S3App:
         self.sessions = SessionStore()
         self.access = AccessControl(keys, self.sessions)
         self.metrics = ServerMetrics(stats_cache_seconds=config.observability.stats_cache_seconds)
+        # The request log, bound once: the module's lazy proxy builds a new logger on every call.
+        self._request_log = log.bind()
 
     def __repr__(self) -> str:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
@@ -165,7 +167,7 @@ class S3App:
         seconds = time.perf_counter() - started
         appending = operation == "PutObject" and request.header(objects.WRITE_OFFSET) is not None
         self.metrics.observe(operation, response.status, bytes_in=bytes_in, bytes_out=bytes_out, seconds=seconds, appending=appending)
-        log.info(
+        self._request_log.info(
             "request",
             method=request.method,
             operation=operation,
