@@ -11,7 +11,12 @@ a bare read).  What follows the last newline is held until its newline comes or
   may not have reopened yet), then go on from byte 0 of the next file in the
   same stream, so order is kept: the new file at the path, or first any
   rotated sibling written in between (``fingerprint.find_successor``: the file
-  rotated more than once while reading was stalled); none: the stream ends;
+  rotated more than once while reading was stalled); none: the stream ends.
+  Once the new file at the path holds data, the writer has moved on and the
+  grace is not waited out: the old file, read to its end, is left at once if
+  its last byte is a newline, else after ``ROTATION_QUIET`` without growth
+  (its partial last line then goes out whole), so a writer rotating every few
+  seconds is followed without falling behind;
 * truncation (copytruncate: size below our offset, or the first bytes changed):
   continue from byte 0 of the same file, in a new generation;
 * renamed away with no successor yet: keep reading the old file.
@@ -46,6 +51,7 @@ from agent.fingerprint import (
 )
 
 _generations = itertools.count(1)
+ROTATION_QUIET = 0.1  # seconds a rotated file ending in a partial line may still grow once its successor has data
 
 
 class ReadAheadBudget:
@@ -114,14 +120,14 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     return os.preadv(fd, [view], offset)
 
 
-def _look(fd: int, path: str) -> tuple[Probe, tuple[int, int] | None]:
-    """Our open file as it is now, and which file the path names now (None: nothing)."""
+def _look(fd: int, path: str) -> tuple[Probe, tuple[int, int, int] | None]:
+    """Our open file as it is now, and the file the path names now: (dev, inode, size), None: nothing."""
     probe = probe_fd(fd)
     try:
         st = os.stat(path)
     except OSError:
         return probe, None
-    return probe, (st.st_dev, st.st_ino)
+    return probe, (st.st_dev, st.st_ino, st.st_size)
 
 
 class Tailer:
@@ -156,7 +162,8 @@ class Tailer:
         self._held = 0  # bytes after the last newline, at buffer[:held]
         self._charged = 0  # budget taken for bytes not yet handed downstream
         self._partial_since = math.inf
-        self._leaving_quiet_at: float | None = None  # set while draining a rotated-away file
+        self._leaving_since: float | None = None  # while draining a rotated-away file: when it last grew
+        self._leaving_quiet_at: float | None = None  # ... and when it will have been quiet long enough
         self._seen: deque[FileIdentity] = deque(maxlen=64)  # files this stream finished
         self._poked = trio.Event()
         # Blocking file calls go through here: a worker thread, or (in tests
@@ -227,19 +234,29 @@ class Tailer:
                 continue
             self._identity = grown(self._identity, probe.head)
             ours = (probe.dev, probe.ino)
-            if at_path == ours or (at_path is None and probe.nlink > 0):
-                self._leaving_quiet_at = None  # still ours, or renamed away with no successor yet
-            elif self._leaving_quiet_at is None or got:
-                self._leaving_quiet_at = now + self._grace  # rotated or deleted: drain until quiet
-            if self._leaving_quiet_at is not None and now >= self._leaving_quiet_at:
-                if await self._read_to_eof():  # what came in since the look above
-                    probe, _ = await self._run_sync(_look, self._fd, self.path)
-                if not await self._switch(probe):
-                    return True
-                continue
+            if (at_path is not None and at_path[:2] == ours) or (at_path is None and probe.nlink > 0):
+                self._leaving_since = None  # still ours, or renamed away with no successor yet
+            elif self._leaving_since is None or got:
+                self._leaving_since = now  # rotated or deleted: drain until quiet
+            self._leaving_quiet_at = None
+            if self._leaving_since is not None:
+                self._leaving_quiet_at = self._leaving_since + self._quiet_needed(at_path)
+                if now >= self._leaving_quiet_at:
+                    if await self._read_to_eof():  # it grew since the look above: not quiet after all
+                        self._leaving_since = trio.current_time()
+                        continue
+                    if not await self._switch(probe):
+                        return True
+                    continue
             if self._held and now >= self._partial_since + self._partial_timeout:
                 await self._flush_partial()
             return False
+
+    def _quiet_needed(self, at_path: tuple[int, int, int] | None) -> float:
+        """How long the rotated-away file must stay quiet before the stream leaves it."""
+        if at_path is None or at_path[2] == 0:
+            return self._grace  # deleted, or its successor still empty: the writer may not have reopened
+        return min(self._grace, ROTATION_QUIET if self._held else 0.0)  # the writer writes the new file now
 
     async def _wait(self) -> None:
         partial = self._partial_since + self._partial_timeout if self._held else math.inf
@@ -343,6 +360,7 @@ class Tailer:
         self._generation = next(_generations)
         self._base = offset
         self._partial_since = math.inf
+        self._leaving_since = None
         self._leaving_quiet_at = None
 
     async def _switch(self, left: Probe) -> bool:

@@ -230,30 +230,6 @@ async def test_partial_line_held_until_timeout_exact_virtual_time(tmp_path: Path
     assert arrivals == [(5.0, b"no newline yet"), (7.0, b"abc\n"), (12.0, b"de")]
 
 
-async def test_rotation_grace_waits_for_old_file_to_go_quiet(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    path = tmp_path / "app.log"
-    path.write_bytes(b"old\n")
-    result: list[tuple[float, bytes, int]] = []
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            h = await Harness(nursery, path, run_sync=inline, rotation_grace=2.0).start()
-            await h.take(4)
-            path.rename(tmp_path / "app.log.1")
-            path.write_bytes(b"new\n")
-            h.tailer.poke()
-            await trio.sleep(1.5)  # virtual time: the old writer writes once more at t=1.5
-            append(tmp_path / "app.log.1", b"late\n")  # found by the grace timer at t=2.0
-            while len(result) < 2:
-                chunk = (await h.take(5)) if not result else (await h.take(4))
-                result.append((trio.current_time(), chunk, h.chunks[-1].offset))
-            nursery.cancel_scope.cancel()
-
-    await main()
-    # late old bytes come first (t=2.0), the new file 2s after the old one went quiet
-    assert result == [(2.0, b"late\n", 4), (4.0, b"new\n", 0)]
-
-
 async def test_rotation_and_truncation_are_logged_with_context(tmp_path: Path, nursery: trio.Nursery) -> None:
     path = tmp_path / "app.log"
     path.write_bytes(b"first\n")
