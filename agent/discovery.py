@@ -14,13 +14,19 @@ path names (rotation, truncation).  Where a tailer starts:
 
 A new path whose file another stream reads or has read (a rotated name that
 the glob also matches, a hard link) is skipped: shipping it would copy the
-same bytes twice.  Watcher events only mark paths dirty; pokes to tailers are
-paced to the shipper's turn interval, since reading more often than a stream
-can ship only costs CPU.
+same bytes twice.
+
+Tailers are poked in rounds, paced to the shipper's turn interval (reading
+more often than a stream can ship only costs CPU): each round stats every
+tailed path in one worker-thread call and pokes the tailers whose file grew
+or changed, and those the watcher named (a rename, a deletion, a rescan).
+The watcher does not report writes: with a thousand busy files, one event
+per write cost more than all the reading.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Iterable, TypeVar
@@ -33,6 +39,7 @@ from agent.batcher import Chunk
 from agent.checkpoint import Checkpoint, StreamState
 from agent.config import AgentConfig, InputConfig
 from agent.errors import KeyRenderError
+from agent.file_calls import FileCalls
 from agent.fingerprint import FileIdentity, Probe, matches, probe_path, unreadable_reason
 from agent.lanes import Route
 from agent.metrics import AgentMetrics
@@ -46,9 +53,24 @@ log = structlog.get_logger()
 T = TypeVar("T")
 MIN_CHUNK = 4 * KiB
 MAX_CHUNK = 1 * MiB
-MAX_POKE_PAUSE = 0.5  # seconds; well under the 1 s discovery promise
-FILE_THREADS = 4  # worker threads for the tailers' reads and stats
+MAX_POKE_PAUSE = 0.5  # seconds between two rounds at most; well under the 1 s discovery promise
+MIN_POKE_PAUSE = 0.01  # seconds between two rounds at least: a lone stream is not stat'ed in a busy loop
+FILE_THREADS = 4  # worker-thread hops under way at once for the tailers' reads and stats
 _Claims = dict[tuple[int, int], list[tuple[str, FileIdentity]]]
+_Look = tuple[int, int, int, int] | None  # (dev, inode, size, mtime) of what a path names; None: nothing
+
+
+def look_all(paths: list[str]) -> list[_Look]:
+    """What each path names now, for a round's comparison.  Blocking."""
+    out: list[_Look] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def signature(spec: InputConfig) -> object:
@@ -80,12 +102,11 @@ class Streams:
         self._failed: set[str] = set()
         self._skipped: set[tuple[str, int, int]] = set()  # (path, dev, inode) reported as read by another stream
         self._unreadable: set[tuple[str, str]] = set()  # (path, reason) already warned about
-        self._pokes: set[str] = set()
-        self._poke_wanted = trio.Event()
+        self._pokes: set[str] = set()  # named by the watcher: poked in the next round
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._expected = 1  # streams expected: sizes each tailer's share of the read-ahead
-        self._file_threads = trio.CapacityLimiter(FILE_THREADS)
+        self._file_calls = FileCalls(FILE_THREADS)
 
     @property
     def tailers(self) -> dict[str, Tailer]:
@@ -96,6 +117,7 @@ class Streams:
         async with self._chunks:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self._file_calls.run)
                 await self._start_found(range(len(self.inputs)))
                 await nursery.start(self._watch, self.scanner)
                 nursery.start_soon(self._poke_paced)
@@ -176,21 +198,22 @@ class Streams:
                 continue
             claims = self._claims() if claims is None else claims
             self._nursery.start_soon(self._open_stream, path, self.inputs[index], False, claims)
-        if self._pokes:
-            self._poke_wanted.set()
 
     async def _poke_paced(self) -> None:
+        """Rounds: poke the tailers whose path changed since the last round, and those the watcher named."""
+        before: dict[str, _Look] = {}
         while True:
-            while not self._pokes:
-                self._poke_wanted = trio.Event()
-                await self._poke_wanted.wait()
+            paths = list(self._tailers)
+            now = dict(zip(paths, await self._file_calls(look_all, paths)))
             pokes, self._pokes = self._pokes, set()
-            for path in pokes:
-                tailer = self._tailers.get(path)
-                if tailer is not None:
-                    tailer.poke()
+            for path, look in now.items():
+                if path in pokes or look != before.get(path):
+                    tailer = self._tailers.get(path)
+                    if tailer is not None:
+                        tailer.poke()
+            before = now
             # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
-            await trio.sleep(min(MAX_POKE_PAUSE, self.shipper.turn_interval() / 2))
+            await trio.sleep(min(MAX_POKE_PAUSE, max(MIN_POKE_PAUSE, self.shipper.turn_interval() / 2)))
 
     def _startable(self, path: str) -> bool:
         return path not in self._tailers and path not in self._starting and path not in self._failed
@@ -241,7 +264,7 @@ class Streams:
                 task_status.started()
 
         try:
-            probe = await trio.to_thread.run_sync(probe_path, path)
+            probe = await self._file_calls(probe_path, path)
             if probe is None:
                 await self._warn_if_unreadable(path)
             owner = None if probe is None else self._claimed_by(claims, path, probe)
@@ -321,8 +344,8 @@ class Streams:
             log.info(events.STREAM_ENDED, stream=path, offset=tailer.sent)
 
     async def _file_call(self, fn: Callable[..., T], *args: object) -> T:
-        """Tailers' blocking file calls, in a few worker threads (each thread costs memory; reads are short)."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._file_threads)
+        """Tailers' blocking file calls: the calls of a round share worker-thread hops (``FileCalls``)."""
+        return await self._file_calls(fn, *args)
 
     def _chunk_size(self) -> int:
         """Each tailer's read buffer: a share of the read-ahead budget, so many streams stay small in memory."""
