@@ -16,7 +16,7 @@ import errno
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -129,6 +129,20 @@ def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+def write_all_at(fd: int, pieces: Sequence[bytes], offset: int) -> int:
+    """Write ``pieces`` one after another at ``offset`` (one pwritev, finishing a
+    short write piece by piece); returns the bytes written."""
+    done = os.pwritev(fd, pieces, offset) if pieces else 0
+    position = 0
+    for piece in pieces:
+        end = position + len(piece)
+        if end > done:
+            skip = max(0, done - position)
+            write_at(fd, memoryview(piece)[skip:], offset + position + skip)
+        position = end
+    return position
+
+
 def read_at(fd: int, offset: int, length: int) -> bytes:
     """Exactly ``length`` bytes at ``offset``; a short file is a bug or damage, never silent."""
     data = os.pread(fd, length, offset)
@@ -164,17 +178,16 @@ class PendingWrite:
     def __repr__(self) -> str:
         return f"PendingWrite(file_id={self.file_id!r}, base={self.base}, written={self.written}, fresh={self.fresh})"
 
-    def write(self, data: bytes, *, writeback: bool = False) -> None:
-        """Write ``data`` next; ``writeback``: also start writing it to disk now (a
-        large body's pieces), so the commit's flush finds little left to do."""
+    def write(self, data: bytes) -> None:
+        """Write ``data`` next."""
+        self.write_many((data,))
+
+    def write_many(self, pieces: Sequence[bytes]) -> None:
+        """Write ``pieces`` next, in one pwritev."""
         self.touched = True
         if self.fd is None:
             self.fd = self.files.create(self.file_id)
-        offset = self.base + self.written
-        write_at(self.fd, data, offset)
-        self.written += len(data)
-        if writeback and self.files.durable:
-            start_writeback(self.fd, offset, len(data))
+        self.written += write_all_at(self.fd, pieces, self.base + self.written)
 
     def finish_writing(self, tail: bytes) -> None:
         """Write the last bytes (creating a fresh file even for an empty body);
@@ -215,31 +228,6 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """sync_file_range(2) through libc (releasing the GIL), or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a range to disk without waiting (a hint: nothing is durable until a
-    flush).  Why: a large body's bytes then reach the disk while the rest is still
-    arriving, instead of all at once in the commit's flush.  Errors are left to that flush."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _sync_dir(path: Path) -> None:

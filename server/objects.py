@@ -95,6 +95,7 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         ),  # fmt: skip
         check_existing=check_existing,
         check_body=payload.check,
+        body_md5=payload.content_md5 is not None,
     )
     headers = [("etag", f'"{info.etag}"'), ("x-amz-object-size", str(info.size)), *payload.response_headers()]
     headers += [(name, value) for name, value in info.system.items() if name in SSE_HEADERS]

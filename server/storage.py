@@ -244,11 +244,14 @@ class Storage:
         new: NewObject | None = None,
         check_existing: Callable[[ObjectInfo | None], None] = _accept,
         check_body: Callable[[BodyDigest], None] = _accept,
+        body_md5: bool = False,
     ) -> ObjectInfo:
         """Write ``body``: a plain PUT (``offset=None``) replaces the object, an int
         appends at that offset.  ``check_existing`` sees the committed object under
         its lock before any body byte is read; ``check_body`` sees the body's digest
-        before anything is committed.  Either may raise to refuse; then nothing lands."""
+        before anything is committed.  Either may raise to refuse; then nothing lands.
+        ``body_md5``: an append computes its body's MD5 too (a Content-MD5 to check);
+        a new object always has it (its ETag)."""
         self._require_bucket(bucket)
         async with self._slots.hold(bucket, key) as slot:
             row = slot.row
@@ -264,15 +267,16 @@ class Storage:
                     )
             check_existing(current)
             if offset is not None and row is not None:
-                return await self._append(slot, row, body, check_body)
+                return await self._append(slot, row, body, check_body, body_md5)
             return await self._replace(slot, bucket, key, body, new or NewObject(), check_body)
 
     async def _append(
-        self, slot: ObjectSlot, row: IndexedObject, body: AsyncIterable[bytes], check_body: Callable[[BodyDigest], None]
-    ) -> ObjectInfo:
+        self, slot: ObjectSlot, row: IndexedObject, body: AsyncIterable[bytes],
+        check_body: Callable[[BodyDigest], None], body_md5: bool,
+    ) -> ObjectInfo:  # fmt: skip
         current = row.info
         pending = PendingWrite(self._files, row.file_id, slot.fd, current.size, fresh=False)
-        hasher = BodyHasher.for_append(current)
+        hasher = BodyHasher.for_append(current, md5=body_md5)
         tail = await receive_body(body, hasher, pending, check_body, max_size=self._max_body_size)
         if hasher.size == 0:
             return current  # an empty append is a no-op: same ETag, same last_modified

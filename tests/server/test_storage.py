@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from awscrt import checksums as crt
 
 from server.errors import (
     BucketAlreadyOwnedByYou,
@@ -22,8 +23,9 @@ from server.errors import (
     NoSuchBucket,
     NoSuchKey,
 )
+from server.datafiles import write_all_at
 from server.index import prefix_upper_bound
-from server.records import MiB, append_etag
+from server.records import BodyDigest, MiB, append_etag
 from server.storage import NewObject, ObjectInfo, Storage, open_storage
 
 
@@ -77,7 +79,8 @@ async def test_create_at_zero_then_append(storage: Storage) -> None:
 
     appended = await put(storage, "log", b"world", offset=6)
     assert (appended.size, appended.appends) == (11, 2)
-    assert appended.etag == append_etag(created.etag, hashlib.md5(b"world").digest(), 2)
+    world = BodyDigest(size=5, md5=None, crc32=zlib.crc32(b"world"), crc64=crt.crc64nvme(b"world"))
+    assert appended.etag == append_etag(created.etag, world, 2)
     assert appended.etag.endswith("-2") and appended.etag != created.etag
     assert appended.crc32 == zlib.crc32(b"hello world")
     assert await content(storage, "log") == b"hello world"
@@ -90,9 +93,8 @@ async def test_etag_and_crc_rules_over_many_appends(storage: Storage) -> None:
     expected_etag = hashlib.md5(parts[0]).hexdigest()
     for n, part in enumerate(parts[1:], start=2):
         info = await put(storage, "k", part, offset=info.size)
-        expected_etag = (
-            hashlib.md5(bytes.fromhex(expected_etag.split("-")[0]) + hashlib.md5(part).digest()).hexdigest() + f"-{n}"
-        )
+        body_id = len(part).to_bytes(8, "big") + crt.crc64nvme(part).to_bytes(8, "big")
+        expected_etag = hashlib.md5(bytes.fromhex(expected_etag.split("-")[0]) + body_id).hexdigest() + f"-{n}"
         assert info.etag == expected_etag
     whole = b"".join(parts)
     assert (info.size, info.crc32, info.appends) == (len(whole), zlib.crc32(whole), len(parts))
@@ -207,7 +209,10 @@ async def test_check_body_refusal_leaves_no_trace(storage: Storage, size: int) -
         await storage.write_object("b", "k", body(*chunks), offset=3, check_body=refuse)
     with pytest.raises(InvalidRequest):
         await storage.write_object("b", "fresh", body(*chunks), offset=0, check_body=refuse)
-    assert [(d.size, d.md5, d.crc32) for d in digests] == [(size, hashlib.md5(data).digest(), zlib.crc32(data))] * 2
+    # an append without a Content-MD5 skips the MD5; a new object always has it (its ETag)
+    assert [(d.size, d.md5, d.crc32) for d in digests] == [
+        (size, None, zlib.crc32(data)), (size, hashlib.md5(data).digest(), zlib.crc32(data))
+    ]
     assert await storage.head_object("b", "k") == before
     assert await content(storage, "k") == b"abc"
     assert data_files(storage.data_dir) == files_before
@@ -569,3 +574,15 @@ async def test_a_refused_commit_does_not_sink_its_batch(storage: Storage) -> Non
             assert isinstance(outcome, ObjectInfo) and await content(storage, f"k{n}") == b"%d!" % n
     assert len(data_files(storage.data_dir)) == 5  # the refused ones left no files
     assert storage._committer.batches < storage._committer.jobs  # they did share batches
+
+
+def test_write_all_at_writes_pieces_in_order(tmp_path: Path) -> None:
+    """A large body's pieces go to the data file in one pwritev, empty ones included."""
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        pieces = [b"abc", b"", bytearray(b"defg"), memoryview(b"hij")]
+        assert write_all_at(fd, pieces, 5) == 10
+        assert write_all_at(fd, [], 15) == 0
+        assert os.pread(fd, 100, 0) == b"\0" * 5 + b"abcdefghij"
+    finally:
+        os.close(fd)
