@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
+from sink.heap import keep_large_buffers_in_heap
 from sink.logs import configure_logging
 from sink.systemd import Notifier
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
     if source.endswith("(generated)") or source.endswith(CREDENTIALS_FILE):
         print(usage_hint(config.listen[0], config.listen[1], creds), file=sys.stderr, flush=True)
+    keep_large_buffers_in_heap()
     try:
         trio.run(serve, config, creds)
     except ConfigError as exc:

@@ -29,6 +29,7 @@ KiB = 1024
 MiB = 1024 * KiB
 SECONDS = 1.0
 RECEIVE_SIZE = 64 * KiB
+BODY_RECEIVE_SIZE = 1024 * KiB  # reads while a request body streams in
 
 log = structlog.get_logger()
 

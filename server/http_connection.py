@@ -23,7 +23,7 @@ import trio
 
 from server import errors
 from server.http import (
-    RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response, ShutdownSignal,
+    BODY_RECEIVE_SIZE, RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response, ShutdownSignal,
     encode_response, new_request_id, plain_response, response_head,
 )
 
@@ -172,7 +172,7 @@ class HTTPConnection:
         finally:
             self.signal.idle_scopes.discard(io)
 
-    async def _receive(self, *, idle: bool = False) -> None:
+    async def _receive(self, *, idle: bool = False, size: int = RECEIVE_SIZE) -> None:
         """Feed h11 the next bytes from the socket (b"" at EOF or on a reset).
 
         The raw fd, not SocketStream.receive_some or trio's socket recv: this is the
@@ -180,6 +180,8 @@ class HTTPConnection:
         request.  ``idle``: waiting for a keep-alive client's next request, whose
         bytes are almost never there yet -- wait for readability first instead of
         failing a read.  Either way this is a checkpoint, as trio's recv is.
+        ``size``: BODY_RECEIVE_SIZE while a body streams in (fewer trips through
+        this loop and h11 per MiB; ``sink.heap`` keeps such buffers cheap).
         """
         fd = self._fd
         try:
@@ -187,7 +189,7 @@ class HTTPConnection:
                 await trio.lowlevel.wait_readable(fd)
             while True:
                 try:
-                    data = os.read(fd, RECEIVE_SIZE)
+                    data = os.read(fd, size)
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(fd)
                     idle = True
@@ -248,7 +250,7 @@ class HTTPConnection:
                         self.body_failed = True
                         raise errors.IncompleteBody() from exc
                 with trio.move_on_after(self.config.body_timeout):
-                    await self._receive()
+                    await self._receive(size=BODY_RECEIVE_SIZE)
                     continue
                 self.body_failed = True
                 raise errors.RequestTimeout()

@@ -28,12 +28,12 @@ from server.errors import (
     MissingContentLength,
     XAmzContentSHA256Mismatch,
 )
-from server.http import Request
+from server.http import BODY_RECEIVE_SIZE, Request
 from server.storage import BodyDigest
 from sink import sigv4
 
 STREAMING_MODES = {sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER, sigv4.STREAMING_UNSIGNED_TRAILER}
-READ_SIZE = 256 * 1024
+READ_SIZE = BODY_RECEIVE_SIZE  # a whole socket read at a time: splitting one copies it
 NOT_CHECKSUM_VALUES = ("x-amz-checksum-type", "x-amz-checksum-mode", "x-amz-checksum-algorithm")
 
 
