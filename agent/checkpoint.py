@@ -3,8 +3,12 @@
 Per stream the agent keeps (DESIGN.md, "Exactly once, end to end"): the file's
 identity, the file offset shipped, the object key, the object length it
 expects, and at most one *intent* "append file bytes [f0, f1) at object offset
-r0, making it r1", recorded before the PUT goes out.  The transitions on
-``StreamState`` are pure and refuse steps that would lose or repeat bytes.
+r0, making it r1", recorded before the PUT goes out.  While that append is on
+the wire the next one may be recorded too (``next_intent``, from r1 to r2), so
+a busy stream's PUTs do not wait for a checkpoint write each: after a crash
+the object's length says which of them landed (r0: none, r1: the first, r2:
+both; anything else is a conflict).  The transitions on ``StreamState`` are
+pure and refuse steps that would lose or repeat bytes.
 
 Storage: one JSON file replaced atomically (write a temp file, fsync, rename,
 fsync the directory).  Chosen over SQLite because the state is small (a few
@@ -59,28 +63,48 @@ class StreamState:
     offset: int = 0  # file bytes before this are in the object (or deliberately skipped)
     object_length: int = 0  # the object's length once every recorded append has landed
     intent: Intent | None = None
+    next_intent: Intent | None = None  # the append after ``intent``, recorded while ``intent`` is on the wire
 
     # -- pure transitions ----------------------------------------------------
 
     def with_intent(self, intent: Intent) -> StreamState:
-        """Record an append about to be sent."""
-        if self.intent is not None:
-            raise CheckpointConflict(f"{self.stream}: an intent is already pending ({self.intent})")
-        if intent.r0 != self.object_length:
-            raise CheckpointConflict(f"{self.stream}: intent starts at object offset {intent.r0}, expected {self.object_length}")
+        """Record an append about to be sent (with one pending: the append that follows it)."""
+        if self.next_intent is not None:
+            raise CheckpointConflict(f"{self.stream}: an intent is already pending ({self.intent}, then {self.next_intent})")
         if intent.f1 < intent.f0 or intent.r1 < intent.r0 or intent.f0 < 0:
             raise CheckpointConflict(f"{self.stream}: intent ranges are backwards: {intent}")
+        if self.intent is not None:
+            if intent.r0 != self.intent.r1:
+                raise CheckpointConflict(f"{self.stream}: next intent starts at object offset {intent.r0}, "
+                                         f"expected {self.intent.r1}")
+            return replace(self, next_intent=intent)
+        if intent.r0 != self.object_length:
+            raise CheckpointConflict(f"{self.stream}: intent starts at object offset {intent.r0}, expected {self.object_length}")
         return replace(self, intent=intent)
 
     def landed(self) -> StreamState:
-        """The pending append is in the object (200, or a HEAD showing length r1)."""
+        """The pending append is in the object (200, or a HEAD showing length r1); the next one, if any, is pending now."""
         intent = self._pending()
-        return replace(self, identity=intent.identity, offset=intent.f1, object_length=intent.r1, intent=None)
+        return replace(self, identity=intent.identity, offset=intent.f1, object_length=intent.r1,
+                       intent=self.next_intent, next_intent=None)
 
     def not_landed(self) -> StreamState:
-        """The pending append is not in the object (a HEAD showed r0): it will be sent again."""
+        """The pending append is not in the object (a HEAD showed r0): it will be sent again, and so
+        will the next one (never sent: it could only follow the first)."""
         self._pending()
-        return replace(self, intent=None)
+        return replace(self, intent=None, next_intent=None)
+
+    def settled_at(self, length: int) -> StreamState | None:
+        """The state once the object is known to be ``length`` long (after a restart: a HEAD);
+        ``None`` when that length is not one the recorded appends can explain."""
+        if length == self.object_length:
+            return self.not_landed() if self.intent is not None else self
+        state = self
+        while state.intent is not None:
+            state = state.landed()
+            if length == state.object_length:
+                return state.not_landed() if state.intent is not None else state
+        return None
 
     def rolled(self, key: str) -> StreamState:
         """Continue in a new, empty object."""
@@ -108,28 +132,24 @@ class StreamState:
         return json.dumps(self.to_json(), separators=(",", ":"))
 
     def to_json(self) -> dict[str, object]:
-        intent = self.intent
-        return {
+        document: dict[str, object] = {
             "key": self.key,
             "identity": None if self.identity is None else self.identity.to_json(),
             "offset": self.offset,
             "object_length": self.object_length,
-            "intent": None
-            if intent is None
-            else {"identity": intent.identity.to_json(), "f0": intent.f0, "f1": intent.f1, "r0": intent.r0, "r1": intent.r1},
+            "intent": _intent_json(self.intent),
         }
+        if self.next_intent is not None:  # absent otherwise: files stay as they were for an idle stream
+            document["next_intent"] = _intent_json(self.next_intent)
+        return document
 
     @classmethod
     def from_json(cls, stream: str, data: dict[str, object]) -> StreamState:
         identity = data["identity"]
-        raw_intent = data["intent"]
-        intent = None
-        if raw_intent is not None:
-            assert isinstance(raw_intent, dict)
-            intent = Intent(
-                FileIdentity.from_json(raw_intent["identity"]),
-                *(_int(raw_intent[k]) for k in ("f0", "f1", "r0", "r1")),
-            )
+        intent = _intent_from_json(data["intent"])
+        next_intent = _intent_from_json(data.get("next_intent"))
+        if next_intent is not None and (intent is None or next_intent.r0 != intent.r1):
+            raise ValueError(f"next_intent {next_intent} does not follow intent {intent}")
         key = data["key"]
         if not isinstance(key, str):
             raise ValueError(f"key is not a string: {key!r}")
@@ -140,7 +160,21 @@ class StreamState:
             offset=_int(data["offset"]),
             object_length=_int(data["object_length"]),
             intent=intent,
+            next_intent=next_intent,
         )
+
+
+def _intent_json(intent: Intent | None) -> dict[str, object] | None:
+    if intent is None:
+        return None
+    return {"identity": intent.identity.to_json(), "f0": intent.f0, "f1": intent.f1, "r0": intent.r0, "r1": intent.r1}
+
+
+def _intent_from_json(raw: object) -> Intent | None:
+    if raw is None:
+        return None
+    assert isinstance(raw, dict)
+    return Intent(FileIdentity.from_json(raw["identity"]), *(_int(raw[k]) for k in ("f0", "f1", "r0", "r1")))
 
 
 def _int(value: object) -> int:

@@ -4,8 +4,9 @@
   recorded.  With no intent on record no HEAD is needed: the first append
   goes out at that length and the server's offset check refuses it if the
   object is not that long (the writer then finds the conflict).  With an
-  intent, one HEAD decides it: landed (length r1) or not (r0); anything else
-  is a conflict.
+  intent (and perhaps the next one), one HEAD decides it: the length says
+  which of them landed (``StreamState.settled_at``); any other length is a
+  conflict.
 * ``roll_if_due``: before an append, move to the next key when a ``roll``
   limit is reached or the rendered key changed (``agent.pacing``); a target
   that already holds data is skipped, never appended to.
@@ -72,12 +73,26 @@ class StreamObjects:
             writer.offset = state.object_length
             lane.writer = writer
             return False
-        verdict = await writer.resume(state.object_length, intent.r1 - intent.r0)
-        lane.state = state.landed() if verdict is Reconciled.LANDED else state.not_landed()
-        log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value,
-                 f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1)
+        length = await writer.open()
+        settled = state.settled_at(length)
+        if settled is None:
+            lengths = [intent.r0, intent.r1] + ([state.next_intent.r1] if state.next_intent else [])
+            raise ConflictError("the object is not as the recorded appends left it", bucket=self.bucket, key=state.key,
+                                expected=" or ".join(map(str, lengths)), actual=length)
+        verdict = Reconciled.LANDED if settled.object_length > state.object_length else Reconciled.NOT_LANDED
+        lane.state = settled
+        log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value, length=length,
+                 f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1, next_r1=state.next_intent and state.next_intent.r1)
         lane.writer = writer
         return True
+
+    def roll_due(self, lane: Lane, body: int, *, length: int, appends: int) -> bool:
+        """Would ``body`` bytes go to another object once the lane's object holds ``length`` bytes
+        from ``appends`` appends?  (A look only: the next append is recorded ahead only when not.)"""
+        now = self._wall()
+        period = period_of(now, lane.route.input.roll.every)
+        current = ObjectSoFar(lane.state.key, length, appends, lane.period or period)
+        return roll_target(lane.route.input.roll, current, lane.route.base_key(now), period, body) is not None
 
     async def roll_if_due(self, lane: Lane, body: int) -> None:
         """Move ``lane`` to its next object if the ``body`` bytes about to go must not join this one."""

@@ -13,6 +13,12 @@ The protocol (DESIGN.md, "Exactly once, end to end"), per append:
    ``FLUSH_DELAY`` later.  That is safe because an intent on disk whose
    append landed is recognised at the next start (HEAD shows r1).
 
+A stream that is behind (a full append queued) or alone (no other stream
+waiting for a turn) does step 1-2 for its next append while step 3 is on the
+wire (``StreamState.next_intent``): its PUTs follow each other without a
+checkpoint write in between, and the next PUT still goes out only once its
+intent is on disk.
+
 At most ``max_in_flight`` streams have a request on the wire, and a few times
 that many turns are under way, so the intents of the streams waiting for a
 request slot share one checkpoint write.  Turns are handed out round-robin
@@ -103,6 +109,7 @@ class Shipper:
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._since_gc = 0
+        self._prepared: dict[str, tuple[tuple[Batch, ...], bytes]] = {}  # next appends taken while one was on the wire
         self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
                                       wall_clock=wall_clock, record=self._save_with)
 
@@ -265,16 +272,14 @@ class Shipper:
                 batches = lane.take(self.max_bytes)
                 lane.retry = (batches, await self._encode(lane, batches))
             batches, body = lane.retry
-            if lane.state.intent is None:
+            if lane.state.intent is None:  # else recorded ahead, or an append whose outcome is still unknown
                 async with self._slots:
                     await self._objects.roll_if_due(lane, len(body))
                 r0 = lane.state.object_length
                 intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
                 lane.state = lane.state.with_intent(intent)
                 await self._save_with(lane)  # outside the slot: turns waiting for one share this write
-            async with self._slots:
-                assert lane.writer is not None
-                length = await lane.writer.append(body)
+            length = await self._append(lane, body)
         except CheckpointError as exc:
             if not isinstance(exc, CheckpointConflict):
                 raise  # progress cannot be recorded: nothing may be sent
@@ -287,8 +292,64 @@ class Shipper:
             self._refused(lane, exc)
             return
         self._landed(lane, batches, body, length)
+        lane.retry = self._prepared.pop(lane.stream, None)
         if not lane.queue:
             self._flush_soon.set()  # nothing follows soon to carry this state to disk
+
+    async def _append(self, lane: Lane, body: bytes) -> int:
+        """Send the lane's append; meanwhile take its next one and record that too, when it is worth it."""
+        assert lane.writer is not None and lane.state.intent is not None
+        if not self._worth_preparing(lane, len(body)):
+            async with self._slots:
+                return await lane.writer.append(body)
+        failures: list[Exception] = []
+        length, refused = 0, None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prepare_next, lane, lane.state.intent, failures)
+            try:
+                async with self._slots:
+                    length = await lane.writer.append(body)
+            except Exception as exc:  # raised once the next intent's write is over, never in a group
+                refused = exc
+        if failures:
+            raise failures[0]  # the checkpoint cannot be written: nothing more may be sent
+        if refused is not None:
+            raise refused
+        return length
+
+    def _worth_preparing(self, lane: Lane, size: int) -> bool:
+        """Behind (a full append queued) or alone: the next turn comes at once, so its intent may be written now.
+        With other streams waiting, bytes read meanwhile would wait a whole turn longer instead."""
+        if not lane.queue or lane.state.next_intent is not None or lane.stream in self._prepared:
+            return False
+        if lane.queued < self.max_bytes and self._ready:
+            return False
+        r1 = lane.state.object_length + size
+        return not self._objects.roll_due(lane, min(lane.queued, self.max_bytes), length=r1, appends=lane.appends + 1)
+
+    async def _prepare_next(self, lane: Lane, sending: Intent, failures: list[Exception]) -> None:
+        """Take the lane's next batches and record their append after ``sending`` (durably, group-committed).
+
+        The batches are the shipper's until that turn (``_prepared``).  If the append
+        on the wire did not keep its recorded place (the server made the writer roll
+        over), the next intent is left unrecorded: its turn records it."""
+        if not lane.queue or lane.failed is not None:
+            return
+        batches = lane.take(self.max_bytes)
+        try:
+            body = await self._encode(lane, batches)
+            state = lane.state
+            if lane.failed is None and state.intent == sending and state.next_intent is None:
+                r0 = sending.r1
+                lane.state = state.with_intent(Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body)))
+                await self._save_with(lane)
+        except Exception as exc:  # a checkpoint that cannot be written: the turn raises it, nothing more is sent
+            failures.append(exc)
+            body = b""
+        if lane.failed is not None or failures:
+            self.budget.release(sum(b.size for b in batches))
+            return
+        self._prepared[lane.stream] = (batches, body)
 
     def _landed(self, lane: Lane, batches: tuple[Batch, ...], body: bytes, length: int) -> None:
         lane.retry = None
@@ -325,6 +386,9 @@ class Shipper:
     def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
         """Stop the stream for this run.  Outside its turn, a turn in progress keeps (and settles) its batches."""
         self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
+        prepared = self._prepared.pop(lane.stream, None)
+        if prepared is not None:
+            self.budget.release(sum(b.size for b in prepared[0]))
         if lane.failed is not None:
             return
         lane.failed = str(exc)
