@@ -70,42 +70,43 @@ async def _spill(
 ) -> list[bytes]:  # fmt: skip
     """The rest of a large body, in ~SPILL_SIZE pieces (lists of the chunks as
     received: never joined, written with one pwritev): while one piece arrives,
-    the one before is hashed and written by two tasks in worker threads, one for
-    the body's identity digest (MD5 when needed, else CRC64NVME) and one for
-    everything else (CRCs, the write); returns the chunks after the last full
-    piece.  A piece is handed over only once both tasks are done with the one
-    before (unbuffered channels): at most two are in memory, and every byte
-    before the last full piece handed over is in the file.
+    the ones before are hashed and written in worker threads; returns the chunks
+    after the last full piece.  A piece is handed over only once the workers are
+    done with the one before (unbuffered channels): at most two are in memory,
+    and every byte before the last full piece handed over is in the file.
 
-    Why: MD5 (for a new object's ETag) runs at ~600 MB/s here, about the speed the
-    socket delivers, and about as long as the CRCs and the write together; in
-    turn instead of at once they would halve the rate.  Joining pieces into one
-    buffer cost a copy and, past malloc's mmap threshold, fresh pages each time."""
-    identity_in, identity_out = trio.open_memory_channel[list[bytes]](0)
-    rest_in, rest_out = trio.open_memory_channel[list[bytes]](0)
+    A body whose MD5 is computed (a new object's ETag) gets two workers, one for
+    the MD5 and one for the rest (CRCs, the write): MD5 runs at ~600 MB/s here,
+    about as long as the rest together; in turn instead of at once they would
+    halve the rate.  Otherwise one worker does it all (one thread hop a piece).
+    Joining a piece's chunks would cost a copy and, past malloc's mmap
+    threshold, fresh pages each time."""
 
-    async def worker(pieces: trio.MemoryReceiveChannel[list[bytes]], work: Callable[[list[bytes]], None]) -> None:
-        async with pieces:
-            async for piece in pieces:
-                await trio.to_thread.run_sync(work, piece)
-
-    def identify(piece: list[bytes]) -> None:
+    def md5(piece: list[bytes]) -> None:
         for chunk in piece:
-            hasher.update_identity(chunk)
+            hasher.update_md5(chunk)
 
     def write(piece: list[bytes]) -> None:
         for chunk in piece:
             hasher.update_others(chunk)
         pending.write_many(piece)
 
+    async def worker(pieces: trio.MemoryReceiveChannel[list[bytes]], work: Callable[[list[bytes]], None]) -> None:
+        async with pieces:
+            async for piece in pieces:
+                await trio.to_thread.run_sync(work, piece)
+
     chunks: list[bytes] = []
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker, identity_out, identify)
-            nursery.start_soon(worker, rest_out, write)
-            async with identity_in, rest_in:
-                await identity_in.send(first)
-                await rest_in.send(first)
+            lanes = []
+            for work in (md5, write) if hasher.computes_md5 else (write,):
+                send, receive = trio.open_memory_channel[list[bytes]](0)
+                nursery.start_soon(worker, receive, work)
+                lanes.append(send)
+            try:
+                for lane in lanes:
+                    await lane.send(first)
                 buffered = 0
                 async for chunk in stream:
                     if not chunk:
@@ -116,10 +117,13 @@ async def _spill(
                         raise EntityTooLarge(MaxSizeAllowed=str(max_size))
                     chunks.append(chunk)
                     if buffered >= SPILL_SIZE or len(chunks) >= MAX_PIECE_CHUNKS:
-                        await identity_in.send(chunks)
-                        await rest_in.send(chunks)
+                        for lane in lanes:
+                            await lane.send(chunks)
                         chunks = []
                         buffered = 0
+            finally:
+                for lane in lanes:
+                    lane.close()
     except BaseExceptionGroup as group:  # one task failed (the others were cancelled): raise its error as is
         raise _first_leaf(group) from None
     return chunks

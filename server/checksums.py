@@ -47,11 +47,6 @@ def crc32(data: bytes | memoryview, previous: int = 0) -> int:
     return _crt.crc32(data, previous)
 
 
-def crc64nvme(data: bytes | memoryview, previous: int = 0) -> int:
-    """CRC64NVME (~8 GB/s here); ``previous`` extends a running value."""
-    return _crt.crc64nvme(data, previous)
-
-
 def crc32_combine(first: int, second: int, second_length: int) -> int:
     """CRC32 of A||B from CRC32(A), CRC32(B) and len(B), without reading the bytes."""
     return _crt.combine_crc32(first, second, second_length)

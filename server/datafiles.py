@@ -23,6 +23,8 @@ import structlog
 
 log = structlog.get_logger()
 
+WRITEBACK_EVERY = 8 * 1024 * 1024  # bytes of a large body written before their writeback is started
+
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -173,6 +175,7 @@ class PendingWrite:
         self.base = base
         self.fresh = fresh
         self.written = 0
+        self._written_back = 0  # bytes of ``written`` whose writeback was started
         self.touched = False  # the file may differ from its committed state
 
     def __repr__(self) -> str:
@@ -183,11 +186,18 @@ class PendingWrite:
         self.write_many((data,))
 
     def write_many(self, pieces: Sequence[bytes]) -> None:
-        """Write ``pieces`` next, in one pwritev."""
+        """Write ``pieces`` next, in one pwritev; every WRITEBACK_EVERY bytes, start
+        writing them to disk.  Why: a large body's bytes then reach the disk while
+        the rest is still arriving, and the commit's flush finds little left to do
+        (a 64 MiB append's flush: ~30 ms -> ~4 ms here).  Not after every piece:
+        sync_file_range per MiB halved the write rate."""
         self.touched = True
         if self.fd is None:
             self.fd = self.files.create(self.file_id)
         self.written += write_all_at(self.fd, pieces, self.base + self.written)
+        if self.written - self._written_back >= WRITEBACK_EVERY and self.files.durable:
+            start_writeback(self.fd, self.base + self._written_back, self.written - self._written_back)
+            self._written_back = self.written
 
     def finish_writing(self, tail: bytes) -> None:
         """Write the last bytes (creating a fresh file even for an empty body);
@@ -204,7 +214,7 @@ class PendingWrite:
             self.files.unlink(self.file_id)
         elif self.fd is not None:
             os.ftruncate(self.fd, self.base)
-        self.written = 0
+        self.written = self._written_back = 0
         self.touched = False
 
 
@@ -228,6 +238,30 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """sync_file_range(2) through libc (releasing the GIL), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range to disk without waiting (a hint: nothing is durable until a
+    flush).  Errors are left to that flush."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _sync_dir(path: Path) -> None:

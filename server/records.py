@@ -92,7 +92,6 @@ class BodyDigest:
     size: int
     md5: bytes | None
     crc32: int
-    crc64: int = 0  # CRC64NVME of the body (appends only): what chains an append's ETag
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,10 @@ class BodyHasher:
     ``extends_crc32`` is the CRC32 of the bytes the body is appended to, or None
     when the body makes a new object.  The object's CRC32 is combined from it and
     the body's own (``crc32_combine``), so the bytes are read once for CRC32.
-    ``md5``: compute the body's MD5 (a new object's ETag, a Content-MD5 check);
-    without it the body's CRC64NVME is computed instead, for the append ETag.
+    ``md5``: compute the body's MD5 (a new object's ETag, a Content-MD5 check).
     """
 
-    __slots__ = ("size", "_md5", "_crc32", "_crc64", "_extends_crc32", "extra", "_digest")
+    __slots__ = ("size", "_md5", "_crc32", "_extends_crc32", "extra", "_digest")
 
     def __init__(
         self, extends_crc32: int | None = None, extra: checksums.Hasher | None = None, *, md5: bool = True
@@ -128,24 +126,24 @@ class BodyHasher:
         self.size = 0
         self._md5 = hashlib.md5() if md5 else None
         self._crc32 = 0
-        self._crc64 = 0
         self._extends_crc32 = extends_crc32
         self.extra = extra  # another full-object checksum kept alongside (CRC32C, CRC64NVME, SHA-*)
         self._digest: BodyDigest | None = None  # once asked for (the body check, then the commit)
 
+    @property
+    def computes_md5(self) -> bool:
+        return self._md5 is not None
+
     def update(self, data: bytes) -> None:
-        self.update_identity(data)
+        self.update_md5(data)
         self.update_others(data)
 
     # The two halves of ``update``, which touch disjoint state: a large body's
     # pieces run them in two threads at once (MD5 alone is as slow as the rest).
-    def update_identity(self, data: bytes) -> None:
-        """The digest that identifies the body in the ETag: MD5, or CRC64NVME."""
-        self._digest = None
+    def update_md5(self, data: bytes) -> None:
         if self._md5 is not None:
+            self._digest = None
             self._md5.update(data)
-        else:
-            self._crc64 = checksums.crc64nvme(data, self._crc64)
 
     def update_others(self, data: bytes) -> None:
         self._digest = None
@@ -157,7 +155,7 @@ class BodyHasher:
     def digest(self) -> BodyDigest:
         if self._digest is None:
             md5 = self._md5.digest() if self._md5 is not None else None
-            self._digest = BodyDigest(size=self.size, md5=md5, crc32=self._crc32, crc64=self._crc64)
+            self._digest = BodyDigest(size=self.size, md5=md5, crc32=self._crc32)
         return self._digest
 
     @classmethod
@@ -214,13 +212,15 @@ def created_info(
 def append_etag(previous_etag: str, body: BodyDigest, appends: int) -> str:
     """The ETag after an append: it changes with every append and looks like a
     multipart ETag ("<hex>-<n>"), so no client mistakes it for the content's MD5.
-    It chains the previous ETag with the body's size and CRC64NVME (S3 Express
-    ETags are not MD5s either), so the body's MD5 is not needed.
+    It chains the previous ETag with the body's size and CRC32 (S3 Express ETags
+    are not MD5s either), so the body's MD5 is not needed: within one object's
+    history the "-<n>" already tells appends apart, and a new object starts its
+    chain from its first body's MD5.
 
     ``appends`` is the object's total write count after this append.
     """
     previous_part = bytes.fromhex(previous_etag.split("-", 1)[0])
-    body_id = body.size.to_bytes(8, "big") + body.crc64.to_bytes(8, "big")
+    body_id = body.size.to_bytes(8, "big") + body.crc32.to_bytes(4, "big")
     return f"{hashlib.md5(previous_part + body_id).hexdigest()}-{appends}"
 
 
