@@ -142,6 +142,29 @@ def _small_appends(bare_port: int, port: int, per_conn: int) -> list[tuple[str, 
     ]  # fmt: skip
 
 
+def _large_appends(bare_port: int, port: int, large_count: int) -> list[tuple[str, str, str, str]]:
+    """Bare 1 MiB PUTs vs our 64 MiB appends, one connection each, in alternating
+    rounds of 64 MiB a side (as the small appends), each side's rate over its time in all rounds."""
+    chunk = memoryview(os.urandom(MiB))
+    bare_head = sign("PUT", bare_port, "/x", body_length=MiB, payload="UNSIGNED-PAYLOAD")
+    bare_s = ours_s = 0.0
+    for i in range(large_count):
+        t = time.perf_counter()
+        loadgen.run(bare_port, [[bare_head + bytes(chunk)] * (LARGE // MiB)])
+        bare_s += time.perf_counter() - t
+        head = sign("PUT", port, "/bench/large", body_length=LARGE, payload="UNSIGNED-PAYLOAD",
+                    headers={"x-amz-write-offset-bytes": str(i * LARGE)})
+        t = time.perf_counter()
+        assert loadgen.put_stream(port, head, chunk, LARGE // MiB) == 200
+        ours_s += time.perf_counter() - t
+    bare_mbs, large_mbs = large_count * LARGE / bare_s / 1e6, large_count * LARGE / ours_s / 1e6
+    return [
+        ("bare trio+h11, 1 MiB PUT bodies", f"{bare_mbs:,.0f} MB/s", "", ""),
+        ("tailbucket 64 MiB appends (fsync)", f"{large_mbs:,.0f} MB/s", f"{large_mbs / bare_mbs:.2f}x bare "
+         f"({large_count} alternating rounds)", "target >= 0.7x"),
+    ]  # fmt: skip
+
+
 def _measure(bare_port: int, per_conn: int, large_count: int, rss_gib: int) -> list[tuple[str, str, str, str]]:
     rows = []
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
@@ -150,22 +173,7 @@ def _measure(bare_port: int, per_conn: int, large_count: int, rss_gib: int) -> l
             port = server.port
             loadgen.run(port, [[sign("PUT", port, "/bench")]])
             rows += _small_appends(bare_port, port, per_conn)
-            # Large bodies: bare 1 MiB PUTs vs 64 MiB appends, one connection each.
-            chunk = memoryview(os.urandom(MiB))
-            n = large_count * 64
-            bare_head = sign("PUT", bare_port, "/x", body_length=MiB, payload="UNSIGNED-PAYLOAD")
-            t = time.perf_counter()
-            loadgen.run(bare_port, [[bare_head + bytes(chunk)] * n])
-            bare_mbs = n * MiB / (time.perf_counter() - t) / 1e6
-            rows.append(("bare trio+h11, 1 MiB PUT bodies", f"{bare_mbs:,.0f} MB/s", "", ""))
-            t = time.perf_counter()
-            for i in range(large_count):
-                head = sign("PUT", port, "/bench/large", body_length=LARGE, payload="UNSIGNED-PAYLOAD",
-                            headers={"x-amz-write-offset-bytes": str(i * LARGE)})
-                assert loadgen.put_stream(port, head, chunk, LARGE // MiB) == 200
-            large_mbs = large_count * LARGE / (time.perf_counter() - t) / 1e6
-            rows.append(("tailbucket 64 MiB appends (fsync)", f"{large_mbs:,.0f} MB/s",
-                         f"{large_mbs / bare_mbs:.2f}x bare", "target >= 0.7x"))
+            rows += _large_appends(bare_port, port, large_count)
             t = time.perf_counter()
             status, got = loadgen.get_stream(port, sign("GET", port, "/bench/large"))
             assert status == 200 and got == large_count * LARGE
@@ -179,7 +187,7 @@ def _measure(bare_port: int, per_conn: int, large_count: int, rss_gib: int) -> l
             loadgen.run(port, [[sign("PUT", port, "/rss")]])
             size = rss_gib * 1024 * MiB
             head = sign("PUT", port, "/rss/big", body_length=size, payload="UNSIGNED-PAYLOAD")
-            assert loadgen.put_stream(port, head, chunk, size // MiB) == 200
+            assert loadgen.put_stream(port, head, memoryview(os.urandom(MiB)), size // MiB) == 200
             status, got = loadgen.get_stream(port, sign("GET", port, "/rss/big"))
             assert status == 200 and got == size
             rows.append((f"server peak RSS, {rss_gib} GiB PUT + GET", f"{peak_rss_mib(server.proc.pid):.0f} MiB", "",
