@@ -10,14 +10,17 @@ the object's length says which of them landed (r0: none, r1: the first, r2:
 both; anything else is a conflict).  The transitions on ``StreamState`` are
 pure and refuse steps that would lose or repeat bytes.
 
-Storage: one JSON file replaced atomically (write a temp file, fsync, rename,
-fsync the directory).  Chosen over SQLite because the state is small (a few
-hundred bytes per stream), a whole-file snapshot is trivially consistent across
-streams, it can be read with ``cat`` when something goes wrong, and a commit
-costs the same two fsyncs a SQLite WAL commit would.  Writes are group
-commits: every ``save`` that arrives while a write is running goes into the next
-one, so N streams acknowledging at once cost one write, not N.  An exclusive
-``flock`` on the state directory keeps a second agent out.
+Storage (``agent.journal``): a JSON snapshot replaced atomically, and a
+journal of the states changed since, one JSON line each, so a write costs
+the changed streams' lines and one ``fdatasync``, not every stream's state and
+two fsyncs; the journal is folded into a new snapshot when it has grown, when
+the checkpoint opens with one, and at a clean stop.  Chosen over SQLite
+because the state is small (a few hundred bytes per stream), both files can be
+read with ``cat`` when something goes wrong, and a commit costs one flush, as
+a SQLite WAL commit would.  Writes are group commits: every ``save`` that
+arrives while a write is running goes into the next one, so N streams
+acknowledging at once cost one write, not N.  An exclusive ``flock`` on the
+state directory keeps a second agent out.
 """
 
 from __future__ import annotations
@@ -34,13 +37,12 @@ from typing import AsyncIterator, Mapping
 import structlog
 import trio
 
+from agent import journal
 from agent.errors import CheckpointConflict, CheckpointError, CheckpointLocked
 from agent.fingerprint import FileIdentity
+from agent.journal import STATE_FILE, TEMP_FILE, Journal, compact_due
 
-STATE_FILE = "checkpoint.json"
-TEMP_FILE = "checkpoint.json.tmp"
 LOCK_FILE = "checkpoint.lock"
-VERSION = 1
 log = structlog.get_logger()
 
 
@@ -187,46 +189,27 @@ def _int(value: object) -> int:
 
 
 def load_states(state_dir: Path) -> dict[str, StreamState]:
-    """The last committed state; ``{}`` when there is none yet."""
+    """The last committed state (snapshot and journal); ``{}`` when there is none yet."""
+    return _load(state_dir)[0]
+
+
+def _load(state_dir: Path) -> tuple[dict[str, StreamState], journal.Loaded]:
     try:
-        raw = (state_dir / STATE_FILE).read_bytes()
-    except FileNotFoundError:
-        return {}
+        loaded = journal.read(state_dir)
     except OSError as exc:
-        raise CheckpointError(f"cannot read {state_dir / STATE_FILE}: {exc}") from exc
+        raise CheckpointError(f"cannot read the checkpoint in {state_dir}: {exc}") from exc
+    except journal.Corrupt as exc:
+        raise CheckpointError(str(exc)) from exc
     try:
-        document = json.loads(raw)
-        if document.get("version") != VERSION:
-            raise CheckpointError(f"{state_dir / STATE_FILE}: unknown version {document.get('version')!r}")
-        return {name: StreamState.from_json(name, data) for name, data in document["streams"].items()}
+        states = {name: StreamState.from_json(name, data) for name, data in loaded.streams.items()}  # type: ignore[arg-type]
     except (ValueError, KeyError, TypeError, AssertionError, AttributeError) as exc:
         raise CheckpointError(f"{state_dir / STATE_FILE} is corrupt: {exc!r}") from exc
+    return states, loaded
 
 
-def write_states(state_dir: Path, states: Mapping[str, StreamState]) -> None:
-    """Replace the state file atomically: temp, fsync, rename, fsync the directory."""
-    # The same bytes as json.dumps of {"version": ..., "streams": {name: to_json()}}, from cached parts.
-    streams = ",".join(f"{json.dumps(name)}:{s.json_text}" for name, s in sorted(states.items()))
-    data = f'{{"version":{VERSION},"streams":{{{streams}}}}}'.encode()
-    temp = state_dir / TEMP_FILE
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, state_dir / STATE_FILE)
-    _fsync_dir(state_dir)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_states(state_dir: Path, states: Mapping[str, StreamState]) -> tuple[str, int]:
+    """Replace the whole state (a new snapshot, an empty journal); returns the journal's epoch and the snapshot's size."""
+    return journal.write_snapshot(state_dir, {name: state.json_text for name, state in states.items()})
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -252,13 +235,18 @@ class Checkpoint:
     """The live state, and group-committed saves of it.  Made by ``open_checkpoint``.
 
     Group commit without a background task: the first ``save`` that finds no
-    write running becomes the writer and writes everything staged so far; the
-    others wait, and one of them writes whatever arrived meanwhile.
+    write running becomes the writer and writes everything changed so far (a
+    journal append, or a new snapshot when one is due); the others wait, and
+    one of them writes whatever arrived meanwhile.
     """
 
-    def __init__(self, state_dir: Path, states: dict[str, StreamState]) -> None:
+    def __init__(self, state_dir: Path, states: dict[str, StreamState], *, epoch: str | None = None,
+                 snapshot_size: int = 0) -> None:
         self.state_dir = state_dir
         self._states = states
+        self._changed: dict[str, StreamState | None] = {}  # since the last write (None: removed)
+        self._journal = Journal(state_dir, epoch) if epoch is not None else None  # None: a snapshot comes first
+        self._snapshot_size = snapshot_size
         self._staged = 0  # generation of the newest change in memory
         self._written = 0  # generation on disk
         self._writes = 0
@@ -273,7 +261,7 @@ class Checkpoint:
 
     @property
     def writes(self) -> int:
-        """How many times the file was written (tests check group commit with it)."""
+        """How many times the files were written (tests check group commit with it)."""
         return self._writes
 
     def get(self, stream: str) -> StreamState | None:
@@ -282,14 +270,25 @@ class Checkpoint:
     async def save(self, *states: StreamState) -> None:
         """Return once ``states`` are on disk (with whatever else was saved meanwhile)."""
         for state in states:
-            self._states[state.stream] = state
+            self._states[state.stream] = self._changed[state.stream] = state
         await self._commit()
 
     async def remove(self, *streams: str) -> None:
         """Forget streams (their file is gone and fully shipped); durable on return."""
         for stream in streams:
             self._states.pop(stream, None)
+            self._changed[stream] = None
         await self._commit()
+
+    async def compact(self) -> None:
+        """Fold the journal into a new snapshot now (durable on return)."""
+        self._journal = None
+        await self._commit()
+
+    async def fold(self) -> None:
+        """At a clean stop: the journal into the snapshot, unless it is empty or writing failed."""
+        if self._error is None and ((self._journal is not None and self._journal.size) or self._changed):
+            await self.compact()
 
     async def _commit(self) -> None:
         self._staged += 1
@@ -309,31 +308,61 @@ class Checkpoint:
         await trio.lowlevel.checkpoint()
 
     async def _write_once(self) -> None:
-        generation, snapshot = self._staged, dict(self._states)
+        generation, changes, self._changed = self._staged, self._changed, {}
         try:
-            await trio.to_thread.run_sync(write_states, self.state_dir, snapshot)
+            if self._journal is None or compact_due(self._journal.size, self._snapshot_size):
+                await trio.to_thread.run_sync(self._write_snapshot, dict(self._states))
+            else:
+                await trio.to_thread.run_sync(_append, self._journal, changes)
         except OSError as exc:
-            self._error = CheckpointError(f"cannot write {self.state_dir / STATE_FILE}: {exc}")
+            self._error = CheckpointError(f"cannot write the checkpoint in {self.state_dir}: {exc}")
             log.error("checkpoint_write_failed", state_dir=str(self.state_dir), error=str(exc))
             raise self._error from exc
         self._written = generation
         self._writes += 1
 
+    def _write_snapshot(self, states: dict[str, StreamState]) -> None:
+        """(worker thread) A new snapshot and the empty journal it names."""
+        epoch, self._snapshot_size = write_states(self.state_dir, states)
+        self.close()
+        self._journal = Journal(self.state_dir, epoch)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
     def __repr__(self) -> str:
+        journal_size = None if self._journal is None else self._journal.size
         return (
-            f"<Checkpoint {self.state_dir} streams={len(self._states)} "
-            f"staged={self._staged} written={self._written} writes={self._writes}>"
+            f"<Checkpoint {self.state_dir} streams={len(self._states)} staged={self._staged} "
+            f"written={self._written} writes={self._writes} journal={journal_size}>"
         )
+
+
+def _append(journal: Journal, changes: Mapping[str, StreamState | None]) -> None:
+    journal.append({name: None if state is None else state.json_text for name, state in changes.items()})
 
 
 @asynccontextmanager
 async def open_checkpoint(state_dir: str | Path) -> AsyncIterator[Checkpoint]:
-    """Lock ``state_dir`` (creating it), load its state, release the lock on exit."""
+    """Lock ``state_dir`` (creating it), load its state, release the lock on exit.
+
+    A journal found at start is folded into a new snapshot at once (its last
+    line may be torn: nothing is ever appended after it), and so is the
+    journal at a clean exit: a stopped agent leaves one plain JSON file."""
     directory = Path(state_dir)
     lock_fd = await trio.to_thread.run_sync(lock_state_dir, directory)
+    checkpoint: Checkpoint | None = None
     try:
-        states = await trio.to_thread.run_sync(load_states, directory)
-        log.info("checkpoint_loaded", state_dir=str(directory), streams=len(states))
-        yield Checkpoint(directory, states)
+        states, loaded = await trio.to_thread.run_sync(_load, directory)
+        log.info("checkpoint_loaded", state_dir=str(directory), streams=len(states), journal=loaded.journal_size)
+        checkpoint = Checkpoint(directory, states, epoch=loaded.epoch, snapshot_size=loaded.snapshot_size)
+        if loaded.journal_size:
+            await checkpoint.compact()
+        yield checkpoint
+        with trio.CancelScope(shield=True):
+            await checkpoint.fold()
     finally:
+        if checkpoint is not None:
+            checkpoint.close()
         os.close(lock_fd)
