@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import gc
 import math
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -96,7 +97,8 @@ class Shipper:
         self.health = health or SinkHealth()
         self.on_failed = on_failed
         self._lanes: dict[str, Lane] = {}
-        self._ready: dict[str, Lane] = {}  # waiting for a turn; insertion order is turn order
+        # Waiting for a turn; insertion order is turn order (an OrderedDict pops its first item in O(1)).
+        self._ready: OrderedDict[str, Lane] = OrderedDict()
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
         self._tokens = TokenBucket(rate, burst)
         self._slots = trio.CapacityLimiter(max_in_flight)  # requests on the wire
@@ -223,10 +225,9 @@ class Shipper:
         while True:
             self._wake = trio.Event()
             now = trio.current_time()
-            for stream, lane in list(self._ready.items()):
-                if self._running >= self._max_turns or not (self._draining or self._tokens.take(now)):
-                    break
-                del self._ready[stream]
+            # The first ready lanes only (no copy of all of them: a thousand wait while tokens are out).
+            while self._ready and self._running < self._max_turns and (self._draining or self._tokens.take(now)):
+                _, lane = self._ready.popitem(last=False)
                 lane.busy = True
                 self._running += 1
                 self._nursery.start_soon(self._turn, lane)
