@@ -8,7 +8,7 @@ server's own append rate from a zero-cost client; every window with the
 server's and the whole machine's CPU.  Every run ends by comparing the
 objects with the files byte for byte: a fast wrong answer is not a result
 (``Exactness`` raises).  ``python -m bench.agent_bench [--quick] [parts]``
-runs it alone (parts: throughput, freshness, many, soak).
+runs it alone (parts: throughput, checkpoint, freshness, many, soak).
 
 The agent is always the real daemon in its own process with the default
 config (only the sink, inputs, state directory and host are set); the
@@ -18,6 +18,7 @@ raw-socket requests (``bench.raws3``), one listing for many objects.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -113,9 +114,45 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
     ]
 
 
+# -- 2. checkpoint writes ------------------------------------------------------------------------
+
+
+def checkpoint_writes(tmp: Path, streams: int, rounds: int) -> Row:
+    """One stream's new intent made durable: the whole state rewritten (snapshot) vs one journal line,
+    alternating, in the same directory (same disk, same neighbours)."""
+    from agent.checkpoint import Intent, StreamState, write_states
+    from agent.fingerprint import identity_of
+    from agent.journal import Journal
+
+    directory = tmp / f"checkpoint-{streams}"
+    directory.mkdir()
+    identity = identity_of(1, 1, b"a log file\n")
+    states = {f"/var/log/app{i:04d}.log": StreamState(f"/var/log/app{i:04d}.log", f"host/app{i:04d}.log", identity, i, i)
+              for i in range(streams)}
+    epoch, size = write_states(directory, states)
+    journal = Journal(directory, epoch)
+    name = next(iter(states))
+    snapshot_ms, journal_ms = [], []
+    for r in range(rounds):
+        changed = states[name] = StreamState(name, f"host{name}", identity, r, r).with_intent(Intent(identity, r, r + 1, r, r + 1))
+        started = time.perf_counter()
+        write_states(directory, states)  # what every write cost before the journal
+        snapshot_ms.append((time.perf_counter() - started) * 1e3)
+        journal.close()
+        journal = Journal(directory, json.loads((directory / "checkpoint.json").read_text())["journal"])
+        started = time.perf_counter()
+        journal.append({name: changed.json_text})
+        journal_ms.append((time.perf_counter() - started) * 1e3)
+    journal.close()
+    snap, line = median(snapshot_ms), median(journal_ms)
+    return (f"checkpoint write, {streams:,} streams, one changed", f"{line:.2f} ms journal line",
+            f"{snap:.2f} ms rewriting the {size / 1024:,.0f} KiB snapshot (medians of {rounds}, alternating): "
+            f"{snap / line:.1f}x", "")
+
+
 def measure(quick: bool = False, only: str = "") -> list[Row]:
     """Every agent benchmark (about 7 minutes; ``quick``: about 2).  ``only``: the parts named, comma-separated."""
-    wanted = set(filter(None, only.split(","))) or {"throughput", "freshness", "many", "soak"}
+    wanted = set(filter(None, only.split(","))) or {"throughput", "checkpoint", "freshness", "many", "soak"}
     load_at_start = os.getloadavg()[0]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=REPO) as name:
@@ -123,6 +160,8 @@ def measure(quick: bool = False, only: str = "") -> list[Row]:
         if "throughput" in wanted:
             rows += throughput(tmp, rounds=2 if quick else 3, round_mib=48 if quick else 192, many=100,
                                many_mib=1 if quick else 4)
+        if "checkpoint" in wanted:
+            rows += [checkpoint_writes(tmp, streams, rounds=50 if quick else 200) for streams in (10, 1000)]
         if "freshness" in wanted:
             rows += agent_load.freshness(tmp, files=10, rate=10_000, seconds=5 if quick else 20, poll=0.02)
         if "many" in wanted:
