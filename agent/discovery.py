@@ -18,14 +18,19 @@ same bytes twice.
 
 Tailers are poked in rounds, paced to the shipper's turn interval (reading
 more often than a stream can ship only costs CPU): each round stats every
-tailed path in one worker-thread call and pokes the tailers whose file grew
-or changed, and those the watcher named (a rename, a deletion, a rescan).
-The watcher does not report writes: with a thousand busy files, one event
-per write cost more than all the reading.
+tailed path in one worker-thread call and notes the paths whose file grew or
+changed, and those the watcher named (a rename, a deletion, a rescan).  A
+noted stream is poked at once unless it already waits for a turn that is
+more than a round away: then it is read in the round before that turn, so
+each append carries what was written until just before it, and a thousand
+streams waiting seconds for their turns are read about twice per append
+rather than every round.  The watcher does not report writes: with a
+thousand busy files, one event per write cost more than all the reading.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -200,20 +205,26 @@ class Streams:
             self._nursery.start_soon(self._open_stream, path, self.inputs[index], False, claims)
 
     async def _poke_paced(self) -> None:
-        """Rounds: poke the tailers whose path changed since the last round, and those the watcher named."""
+        """Rounds: note the paths that changed (or that the watcher named); poke those whose turn is near."""
         before: dict[str, _Look] = {}
+        owed: set[str] = set()  # changed since their tailer was last poked
         while True:
             paths = list(self._tailers)
             now = dict(zip(paths, await self._file_calls(look_all, paths)))
-            pokes, self._pokes = self._pokes, set()
-            for path, look in now.items():
-                if path in pokes or look != before.get(path):
+            owed |= self._pokes
+            self._pokes = set()
+            owed.update(path for path, look in now.items() if look != before.get(path))
+            before = now
+            # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
+            pause = min(MAX_POKE_PAUSE, max(MIN_POKE_PAUSE, self.shipper.turn_interval() / 2))
+            later = self.shipper.waiting_beyond(math.ceil(2 * pause * self.shipper.rate))
+            for path in list(owed):
+                if path not in later:
+                    owed.discard(path)
                     tailer = self._tailers.get(path)
                     if tailer is not None:
                         tailer.poke()
-            before = now
-            # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
-            await trio.sleep(min(MAX_POKE_PAUSE, max(MIN_POKE_PAUSE, self.shipper.turn_interval() / 2)))
+            await trio.sleep(pause)
 
     def _startable(self, path: str) -> bool:
         return path not in self._tailers and path not in self._starting and path not in self._failed

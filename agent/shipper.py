@@ -33,6 +33,7 @@ and the checkpoint is written last.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -143,6 +144,10 @@ class Shipper:
     def turn_interval(self) -> float:
         """About how long a stream waits between two appends now (the app paces reading with it)."""
         return turn_interval(self._running + len(self._ready), self.rate)
+
+    def waiting_beyond(self, turns: int) -> set[str]:
+        """Streams waiting for a turn that comes after the next ``turns`` turns (the app reads those later)."""
+        return set(itertools.islice(self._ready, turns, None))
 
     async def resolve(self, stream: str) -> StreamState | None:
         """Open the stream's object and settle an append recorded before a restart (HEAD).
