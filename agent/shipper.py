@@ -13,11 +13,10 @@ The protocol (DESIGN.md, "Exactly once, end to end"), per append:
    ``FLUSH_DELAY`` later.  That is safe because an intent on disk whose
    append landed is recognised at the next start (HEAD shows r1).
 
-A stream that is behind (a full append queued) or alone (no other stream
-waiting for a turn) does step 1-2 for its next append while step 3 is on the
-wire (``StreamState.next_intent``): its PUTs follow each other without a
-checkpoint write in between, and the next PUT still goes out only once its
-intent is on disk.
+A stream that is behind (a full append already queued) does steps 1-2 for
+its next append while step 3 is on the wire (``StreamState.next_intent``):
+its PUTs follow each other without a checkpoint write in between, and the
+next PUT still goes out only once its intent is on disk.
 
 At most ``max_in_flight`` streams have a request on the wire, and a few times
 that many turns are under way, so the intents of the streams waiting for a
@@ -324,14 +323,12 @@ class Shipper:
         return length
 
     def _worth_preparing(self, lane: Lane, size: int) -> bool:
-        """Behind (a full append queued) or alone: the next turn comes at once, so its intent may be written now.
-        With other streams waiting, bytes read meanwhile would wait a whole turn longer instead."""
-        if not lane.queue or lane.state.next_intent is not None or lane.stream in self._prepared:
-            return False
-        if lane.queued < self.max_bytes and self._ready:
+        """Behind (a full append already queued): the next append is the same whenever it is taken, so take it now.
+        Otherwise bytes read meanwhile would miss it and wait a whole turn longer."""
+        if lane.queued < self.max_bytes or lane.state.next_intent is not None or lane.stream in self._prepared:
             return False
         r1 = lane.state.object_length + size
-        return not self._objects.roll_due(lane, min(lane.queued, self.max_bytes), length=r1, appends=lane.appends + 1)
+        return not self._objects.roll_due(lane, self.max_bytes, length=r1, appends=lane.appends + 1)
 
     async def _prepare_next(self, lane: Lane, sending: Intent, failures: list[Exception]) -> None:
         """Take the lane's next batches and record their append after ``sending`` (durably, group-committed).
