@@ -247,6 +247,7 @@ class Checkpoint:
         self._changed: dict[str, StreamState | None] = {}  # since the last write (None: removed)
         self._journal = Journal(state_dir, epoch) if epoch is not None else None  # None: a snapshot comes first
         self._snapshot_size = snapshot_size
+        self._fold_next = False  # the next write is a snapshot (``compact``)
         self._staged = 0  # generation of the newest change in memory
         self._written = 0  # generation on disk
         self._writes = 0
@@ -282,7 +283,7 @@ class Checkpoint:
 
     async def compact(self) -> None:
         """Fold the journal into a new snapshot now (durable on return)."""
-        self._journal = None
+        self._fold_next = True
         await self._commit()
 
     async def fold(self) -> None:
@@ -310,7 +311,8 @@ class Checkpoint:
     async def _write_once(self) -> None:
         generation, changes, self._changed = self._staged, self._changed, {}
         try:
-            if self._journal is None or compact_due(self._journal.size, self._snapshot_size):
+            if self._fold_next or self._journal is None or compact_due(self._journal.size, self._snapshot_size):
+                self._fold_next = False
                 await trio.to_thread.run_sync(self._write_snapshot, dict(self._states))
             else:
                 await trio.to_thread.run_sync(_append, self._journal, changes)
