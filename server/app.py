@@ -29,6 +29,7 @@ from server.errors import (
 from server.http import Request, Response
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics
 from server.policy import Keyring
+from server.request_log import BatchedLines
 from server.sessions import SessionStore, create_session
 from server.storage import Storage
 
@@ -66,8 +67,11 @@ class S3App:
         self.sessions = SessionStore()
         self.access = AccessControl(keys, self.sessions)
         self.metrics = ServerMetrics(stats_cache_seconds=config.observability.stats_cache_seconds)
-        # The request log, bound once: the module's lazy proxy builds a new logger on every call.
-        self._request_log = log.bind()
+        # The request log, bound once (the module's lazy proxy builds a new logger on every call),
+        # its lines written once per turn of the event loop (server.request_log).
+        self._request_log = structlog.wrap_logger(
+            BatchedLines(structlog.get_config()["logger_factory"]("tailbucket.server"))
+        ).bind()
 
     def __repr__(self) -> str:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
