@@ -24,8 +24,11 @@ noted stream is poked at once unless it already waits for a turn that is
 more than a round away: then it is read in the round before that turn, so
 each append carries what was written until just before it, and a thousand
 streams waiting seconds for their turns are read about twice per append
-rather than every round.  The watcher does not report writes: with a
-thousand busy files, one event per write cost more than all the reading.
+rather than every round.  After a quiet round the pause doubles, up to
+half a second, so idle files cost next to nothing and a line after a quiet
+spell is still read within the second.  The watcher does not report writes:
+with a thousand busy files, one event per write cost more than all the
+reading.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ log = structlog.get_logger()
 T = TypeVar("T")
 MIN_CHUNK = 4 * KiB
 MAX_CHUNK = 1 * MiB
-MAX_POKE_PAUSE = 0.5  # seconds between two rounds at most; well under the 1 s discovery promise
+MAX_POKE_PAUSE = 0.5  # seconds between two rounds at most (also after quiet rounds)
 MIN_POKE_PAUSE = 0.01  # seconds between two rounds at least: a lone stream is not stat'ed in a busy loop
+POKE_PAUSE_PER_FILE = 100e-6  # and 0.1 s per thousand files: a round's stats stay a few % of a core
 FILE_THREADS = 4  # worker-thread hops under way at once for the tailers' reads and stats
 _Claims = dict[tuple[int, int], list[tuple[str, FileIdentity]]]
 _Look = tuple[int, int, int, int] | None  # (dev, inode, size, mtime) of what a path names; None: nothing
@@ -208,15 +212,18 @@ class Streams:
         """Rounds: note the paths that changed (or that the watcher named); poke those whose turn is near."""
         before: dict[str, _Look] = {}
         owed: set[str] = set()  # changed since their tailer was last poked
+        pause = MIN_POKE_PAUSE
         while True:
             paths = list(self._tailers)
             now = dict(zip(paths, await self._file_calls(look_all, paths)))
-            owed |= self._pokes
+            changed = {path for path, look in now.items() if look != before.get(path)} | self._pokes
             self._pokes = set()
-            owed.update(path for path, look in now.items() if look != before.get(path))
+            owed |= changed
             before = now
             # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
-            pause = min(MAX_POKE_PAUSE, max(MIN_POKE_PAUSE, self.shipper.turn_interval() / 2))
+            # After a quiet round the pause doubles (up to MAX_POKE_PAUSE): idle files cost next to nothing.
+            busy = max(MIN_POKE_PAUSE, POKE_PAUSE_PER_FILE * len(paths), self.shipper.turn_interval() / 2)
+            pause = min(MAX_POKE_PAUSE, busy if changed else max(busy, 2 * pause))
             later = self.shipper.waiting_beyond(math.ceil(2 * pause * self.shipper.rate))
             for path in list(owed):
                 if path not in later:
