@@ -3,9 +3,11 @@ transaction and one WAL fsync.
 
 Writes hand their jobs to one dedicated worker thread and park; the thread
 takes everything queued at once as one batch, so under load each flush and
-each commit carries many writes, and alone a write pays one of each.  The trio
-thread is woken once per batch (``TrioToken.run_sync_soon``), not once per
-write and stage.
+each commit carries many writes, and alone a write pays one of each.  The
+hand-overs follow the turns of the event loop (``_TurnHandOver``): a turn's
+jobs go to the worker together just before the loop checks for I/O, and the
+writers of finished batches are resumed just after it; only an event loop that
+may be asleep is woken through ``TrioToken.run_sync_soon``.
 
 A batch, in order: write each job's last body bytes, make them durable with
 one flush (``DataFiles.sync_writes``) -- data must be on disk before the index
@@ -32,6 +34,7 @@ at any step has its data file put back (``PendingWrite.discard``).
 
 from __future__ import annotations
 
+import collections
 import queue
 import sqlite3
 import threading
@@ -69,26 +72,26 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 class _Pipe:
     """Hands jobs to the worker thread, which takes all that are queued at once.
 
-    A ``queue.SimpleQueue``: putting is one C call, and it wakes the worker only
-    when the worker waits.  ``None`` is the end."""
+    A ``queue.SimpleQueue`` of job lists: putting is one C call, and it wakes
+    the worker only when the worker waits.  ``None`` is the end."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[CommitJob | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[CommitJob] | None] = queue.SimpleQueue()
         self._closed = False
 
-    def put(self, job: CommitJob) -> None:
-        self._queue.put(job)
+    def put(self, jobs: list[CommitJob]) -> None:
+        self._queue.put(jobs)
 
     def take(self) -> list[CommitJob] | None:
         """Every queued job (blocking until there is one); None once closed and drained."""
         if self._closed:
             return None
         batch: list[CommitJob] = []
-        job = self._queue.get()
-        while job is not None:
-            batch.append(job)
+        jobs = self._queue.get()
+        while jobs is not None:
+            batch += jobs
             try:
-                job = self._queue.get_nowait()
+                jobs = self._queue.get_nowait()
             except queue.Empty:
                 return batch
         self._closed = True  # the end: what came before it is the last batch
@@ -102,6 +105,7 @@ class GroupCommitter:
     """Runs CommitJobs against the one writing connection, many per transaction."""
 
     def __init__(self, conn: sqlite3.Connection, files: DataFiles, token: trio.lowlevel.TrioToken) -> None:
+        """Call it in the trio run the jobs come from (it hooks into that run's turns)."""
         self._conn = conn
         self._files = files
         self._token = token
@@ -109,6 +113,11 @@ class GroupCommitter:
         self._closed = False
         self.batches = 0
         self.jobs = 0
+        self._outbox: list[CommitJob] = []  # submitted during this turn of the event loop
+        self._done: collections.deque[list[CommitJob]] = collections.deque()  # finished batches, writers parked
+        self._loop_may_sleep = False  # the event loop is in (or entering) an I/O wait that may block
+        self._turns: _TurnHandOver | None = _TurnHandOver(self)
+        trio.lowlevel.add_instrument(self._turns)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="storage-committer")
         self._thread.start()
 
@@ -125,18 +134,54 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("storage is closed")
         job.parked = trio.lowlevel.current_task()
-        self._inbox.put(job)
-        # The wake-up comes through run_sync_soon, which cannot run before this task parks.
+        if self._turns is not None:
+            self._outbox.append(job)  # handed over with the rest of this turn's, before the loop's I/O wait
+        else:
+            self._inbox.put([job])
+        # The wake-up comes from this thread, which cannot run it before this task parks.
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
             raise job.error
         return job.result
+
+    def detach(self) -> None:
+        """Leave the event loop's turns (in the trio thread, before ``close``): jobs
+        are handed over at once and writers woken through ``run_sync_soon``."""
+        if self._turns is not None:
+            trio.lowlevel.remove_instrument(self._turns)
+            self._turns = None
+            self._hand_over()
+            self._wake_finished()
 
     def close(self) -> None:
         """Finish the queued jobs and stop the thread (blocking: call from a worker thread)."""
         self._closed = True
         self._inbox.close()
         self._thread.join()
+
+    # -- the event loop's side ---------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """The jobs of this turn go to the worker together: one wake-up of it, and one batch."""
+        if self._outbox:
+            jobs, self._outbox = self._outbox, []
+            self._inbox.put(jobs)
+
+    def _wake_finished(self) -> None:
+        """Resume the writers of every finished batch."""
+        done = self._done
+        while done:
+            _wake(done.popleft())
+
+    def _before_io_wait(self, timeout: float) -> None:
+        self._hand_over()
+        self._loop_may_sleep = timeout > 0
+        if timeout > 0 and self._done:  # finished before the flag was up: make sure the wait ends
+            self._token.run_sync_soon(self._wake_finished)
+
+    def _after_io_wait(self) -> None:
+        self._loop_may_sleep = False
+        self._wake_finished()  # they run in the batch of tasks that starts now
 
     # -- the worker thread -------------------------------------------------------
 
@@ -152,8 +197,17 @@ class GroupCommitter:
                 for job in batch:
                     if job.error is None:
                         job.error = exc
+            self._finished(batch)
+
+    def _finished(self, batch: list[CommitJob]) -> None:
+        """Queue the batch's writers for waking.  A busy event loop wakes them after its
+        next I/O check (no trip through its wake-up socket); one that may be asleep, or
+        a detached committer, is woken now.  (Both sides set their flag, then read the
+        other's: under the GIL one of them sees the other.)"""
+        self._done.append(batch)
+        if self._loop_may_sleep or self._turns is None:
             try:
-                self._token.run_sync_soon(_wake, batch)
+                self._token.run_sync_soon(self._wake_finished)
             except trio.RunFinishedError:
                 log.error("storage_commit_after_shutdown", jobs=len(batch))
 
@@ -259,6 +313,28 @@ def _discard(job: CommitJob) -> None:
         # What could not be undone stays past the committed length: invisible,
         # overwritten by the next append, truncated at the next start.
         log.error("storage_undo_failed", error=repr(exc), file_id=job.pending.file_id)
+
+
+class _TurnHandOver(trio.abc.Instrument):
+    """Hooks a GroupCommitter into the turns of the event loop: the jobs submitted
+    during a turn are handed to the worker just before the loop checks for I/O,
+    and finished writers are rescheduled just after it, to run in the very next
+    batch of tasks.
+
+    Why: a job handed over at once wakes the worker in the middle of a turn, and
+    its batch then starts with a job or two while the rest of the turn's wait for
+    the next one; and a wake-up through ``run_sync_soon`` costs the worker a write
+    to trio's wake-up socket (and its GIL hand-back) and the writers one more turn
+    (the loop's I/O check, its entry-queue task, then their own turn)."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._committer = committer
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._committer._before_io_wait(timeout)
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._committer._after_io_wait()
 
 
 def _wake(batch: list[CommitJob]) -> None:

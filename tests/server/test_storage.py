@@ -543,6 +543,18 @@ async def test_is_writable(storage: Storage) -> None:
     assert not await storage.is_writable()
 
 
+async def test_the_writes_of_one_event_loop_turn_share_one_batch(storage: Storage) -> None:
+    for n in range(8):
+        await put(storage, f"turn{n}", b"a")
+    before = storage._committer.batches
+    async with trio.open_nursery() as nursery:  # all eight reach the committer in their first step
+        for n in range(8):
+            nursery.start_soon(put, storage, f"turn{n}", b"b", 1)
+    assert storage._committer.batches == before + 1
+    for n in range(8):
+        assert await content(storage, f"turn{n}") == b"ab"
+
+
 async def test_a_refused_commit_does_not_sink_its_batch(storage: Storage) -> None:
     """Writes to a bucket deleted under them fail at commit; the writes batched with them land."""
     await storage.create_bucket("doomed")
