@@ -62,18 +62,23 @@ class AccessControl:
         self.sessions = sessions
         self._clock = clock
         self._session_grants: dict[str, tuple[Principal, float]] = {}  # session key id -> (grants, expires_at)
+        self._keys: dict[str, Principal] = {}  # the keyring's principals, built once each
 
     def __repr__(self) -> str:
         return f"AccessControl({self.keyring!r}, live_sessions={len(self._session_grants)})"
 
     def principal_of(self, access_key_id: str) -> Principal:
         """The grants behind an authenticated key id (``server.auth`` has checked the key or session)."""
+        principal = self._keys.get(access_key_id)
+        if principal is not None:
+            return principal
         principal = self.keyring.principal(access_key_id)
-        if principal is None and access_key_id in self._session_grants:
-            principal = self._session_grants[access_key_id][0]
-        if principal is None:
-            raise AccessDenied(f"Access Denied: no grants for {access_key_id}")
-        return principal
+        if principal is not None:
+            self._keys[access_key_id] = principal  # the keyring is fixed for the server's life
+            return principal
+        if access_key_id in self._session_grants:
+            return self._session_grants[access_key_id][0]
+        raise AccessDenied(f"Access Denied: no grants for {access_key_id}")
 
     def guard(
         self, handler: Operation, operation: str, auth: AuthResult, request: Request,
@@ -82,7 +87,7 @@ class AccessControl:
         """Raise AccessDenied if the request may not run; else the operation to run for it."""
         principal = self.principal_of(auth.access_key_id)
         # Only PutObject honours the offset header; on any other write it must not pass for an append.
-        appending = operation == "PutObject" and any(name == WRITE_OFFSET for name, _ in request.headers)
+        appending = operation == "PutObject" and request.header(WRITE_OFFSET) is not None
         target = query.get("prefix", "") if operation in LISTINGS else key
         check = functools.partial(self._check, principal, operation, bucket, target, appending=appending)
         check(object_exists=None)

@@ -47,6 +47,14 @@ SUBRESOURCES = frozenset(
 )
 
 
+def _body_length(response: Response) -> int:
+    """The response body's length: its Content-Length header, else a bytes body's size."""
+    for name, value in response.headers:
+        if name == "content-length":
+            return int(value)
+    return len(response.body) if isinstance(response.body, bytes) else 0
+
+
 def parse_query(raw: str) -> dict[str, str]:
     """Decoded query parameters; '+' stays '+' (S3 clients encode spaces as %20)."""
     params: dict[str, str] = {}
@@ -67,6 +75,14 @@ class S3App:
         self.sessions = SessionStore()
         self.access = AccessControl(keys, self.sessions)
         self.metrics = ServerMetrics(stats_cache_seconds=config.observability.stats_cache_seconds)
+        self._object_routes: dict[str, tuple[Operation, str]] = {
+            "PUT": (objects.put_object, "PutObject"),
+            # Not an S3 operation: `curl --data-binary` POSTs, and the append guide's curl commands must work.
+            "POST": (objects.put_object, "PutObject"),
+            "GET": (objects.get_object, "GetObject"),
+            "HEAD": (self._head_object, "HeadObject"),
+            "DELETE": (objects.delete_object, "DeleteObject"),
+        }
         # The request log, bound once (the module's lazy proxy builds a new logger on every call),
         # its lines written once per turn of the event loop (server.request_log).
         self._request_log = structlog.wrap_logger(
@@ -102,7 +118,7 @@ class S3App:
         found = routes.route(method, bucket, key, query, headers or ())  # multipart, copy, versions, sub-resources...
         if found is not None:
             return found
-        unsupported = set(SUBRESOURCES.intersection(query))
+        unsupported = set(SUBRESOURCES.intersection(query)) if query else set()
         if bucket is None:
             table = {"GET": (buckets.list_buckets, "ListBuckets")}
         elif key is None:
@@ -119,14 +135,7 @@ class S3App:
                     "DELETE": (buckets.delete_bucket, "DeleteBucket"),
                 }
         else:
-            table = {
-                "PUT": (objects.put_object, "PutObject"),
-                # Not an S3 operation: `curl --data-binary` POSTs, and the append guide's curl commands must work.
-                "POST": (objects.put_object, "PutObject"),
-                "GET": (objects.get_object, "GetObject"),
-                "HEAD": (self._head_object, "HeadObject"),
-                "DELETE": (objects.delete_object, "DeleteObject"),
-            }
+            table = self._object_routes
         if unsupported:
             raise NotImplemented_(f"The {sorted(unsupported)[0]!r} sub-resource is not implemented.")
         if method not in table:
@@ -167,7 +176,7 @@ class S3App:
         # A new list: handlers may answer with a shared one (buckets.XML_TYPE), which must not grow per request.
         response.headers = [*response.headers, ("x-amz-request-id", request.request_id)]
         bytes_in = request.body.content_length or 0
-        bytes_out = 0 if request.method == "HEAD" else next((int(v) for n, v in response.headers if n == "content-length"), len(response.body) if isinstance(response.body, bytes) else 0)
+        bytes_out = 0 if request.method == "HEAD" else _body_length(response)
         seconds = time.perf_counter() - started
         appending = operation == "PutObject" and request.header(objects.WRITE_OFFSET) is not None
         self.metrics.observe(operation, response.status, bytes_in=bytes_in, bytes_out=bytes_out, seconds=seconds, appending=appending)

@@ -53,6 +53,9 @@ class ServerMetrics:
             buckets=APPEND_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.stored_objects = Gauge("tailbucket_stored_objects", "Objects stored.", registry=self.registry)
+        self._requests_of: dict[tuple[str, int], Counter] = {}
+        self._received_of: dict[str, Counter] = {}
+        self._sent_of: dict[str, Counter] = {}
         self.stored_bytes = Gauge("tailbucket_stored_bytes", "Object bytes stored.", registry=self.registry)
 
     def __repr__(self) -> str:
@@ -62,11 +65,17 @@ class ServerMetrics:
         self, operation: str, status: int, *, bytes_in: int, bytes_out: int, seconds: float, appending: bool
     ) -> None:
         """Record one answered request."""
-        self.requests.labels(operation, str(status)).inc()
+        # labels() looks its child up under a lock: each child is looked up once and kept.
+        requests = self._requests_of.get((operation, status))
+        if requests is None:
+            requests = self._requests_of[operation, status] = self.requests.labels(operation, str(status))
+        requests.inc()
         if bytes_in:
-            self.received.labels(operation).inc(bytes_in)
+            received = self._received_of.get(operation) or self._received_of.setdefault(operation, self.received.labels(operation))
+            received.inc(bytes_in)
         if bytes_out:
-            self.sent.labels(operation).inc(bytes_out)
+            sent = self._sent_of.get(operation) or self._sent_of.setdefault(operation, self.sent.labels(operation))
+            sent.inc(bytes_out)
         if appending and 200 <= status < 300:
             self.append_duration.observe(seconds)
 

@@ -45,8 +45,41 @@ def parse_write_offset(values: list[str]) -> int:
     return int(raw)
 
 
-def _headers_of(ctx: Context, names: tuple[str, ...]) -> dict[str, str]:
-    return {name: value for name, value in ctx.request.headers if name in names}
+class _WriteHeaders:
+    """The headers a PutObject acts on, sorted out in one pass (the last of a repeated name wins)."""
+
+    __slots__ = ("offsets", "sse", "sse_c", "metadata", "rustfs", "names_checksum")
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.offsets: list[str] = []
+        self.sse: dict[str, str] = {}
+        self.sse_c: dict[str, str] = {}
+        self.metadata: dict[str, str] = {}  # x-amz-meta-*, without the prefix
+        self.rustfs: dict[str, str] = {}  # x-rustfs-meta-*, kept as system metadata
+        self.names_checksum = False  # a header that may name a checksum algorithm (``requested_algorithm``)
+        for name, value in headers:
+            if not name.startswith(_WRITE_PREFIXES):
+                continue  # host, content-length, authorization, x-amz-date...
+            if name == WRITE_OFFSET:
+                self.offsets.append(value)
+            elif name.startswith(META_PREFIX):
+                self.metadata[name[len(META_PREFIX):]] = value
+            elif name in SSE_HEADERS:
+                self.sse[name] = value
+            elif name in SSE_C_HEADERS:
+                self.sse_c[name] = value
+            elif name.startswith(RUSTFS_META_PREFIX):
+                self.rustfs[name] = value
+            else:
+                self.names_checksum = True
+
+
+RUSTFS_META_PREFIX = "x-rustfs-meta-"
+# Every header _WriteHeaders sorts, or that may name a checksum algorithm, starts with one of these.
+_WRITE_PREFIXES = (
+    WRITE_OFFSET, META_PREFIX, "x-amz-server-side-encryption", RUSTFS_META_PREFIX,
+    "x-amz-checksum-", "x-amz-sdk-checksum-", "x-amz-trailer",
+)  # fmt: skip
 
 
 def _anyone(existing: ObjectInfo | None) -> None:
@@ -59,15 +92,14 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
     request = ctx.request
     if request.header("x-amz-copy-source") is not None:
         raise NotImplemented_("CopyObject is not implemented yet.")
-    offsets = [value for name, value in request.headers if name == WRITE_OFFSET]
+    written = _WriteHeaders(request.headers)
+    offsets, sse, sse_c, metadata = written.offsets, written.sse, written.sse_c, written.metadata
     offset = parse_write_offset(offsets) if offsets else None
-    sse, sse_c = _headers_of(ctx, SSE_HEADERS), _headers_of(ctx, SSE_C_HEADERS)
     if offset is not None and (sse or sse_c):
         raise InvalidArgument("Server-side encryption cannot be combined with an append (x-amz-write-offset-bytes).")
     if sse_c:
         raise NotImplemented_("Server-side encryption with customer keys (SSE-C) is not supported.")
-    metadata = {name[len(META_PREFIX):]: value for name, value in request.headers if name.startswith(META_PREFIX)}
-    system = {**sse, **{name: value for name, value in request.headers if name.startswith("x-rustfs-meta-")}}
+    system = {**sse, **written.rustfs} if written.rustfs else sse
     payload = Payload(request, ctx.auth, max_body=ctx.config.max_body)
 
     def check_existing(existing: ObjectInfo | None) -> None:
@@ -91,7 +123,7 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         offset=offset,
         new=NewObject(
             content_type=request.header("content-type"), metadata=metadata, system=system,
-            checksum_algorithm=requested_algorithm(request.headers),
+            checksum_algorithm=requested_algorithm(request.headers) if written.names_checksum else None,
         ),  # fmt: skip
         check_existing=check_existing,
         check_body=payload.check,

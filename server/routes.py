@@ -41,6 +41,8 @@ def route(
             return _only(method, {"POST": (batch_delete.delete_objects, "DeleteObjects")})
         return subresources.route(method, bucket, key, query)
     copying = any(name == copy.COPY_SOURCE for name, _ in headers)
+    if not query:  # the usual request (every append): no sub-resource to look for
+        return (copy.copy_object, "CopyObject") if copying and method == "PUT" else None
     if "uploads" in query:
         return _only(method, {"POST": (multipart.create_multipart_upload, "CreateMultipartUpload")})
     if "uploadId" in query:
