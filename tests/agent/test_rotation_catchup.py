@@ -16,7 +16,7 @@ import trio
 from tests.agent.agent_support import HOST, AgentRun, agent_config, append_to, lines
 
 ROTATIONS = 5
-PER_ROTATION = 2.0  # seconds the agent may take to reach each new file; the old behaviour needed > 5
+PER_ROTATION = 3.0  # seconds the agent may take to reach each new file; the old behaviour needed > 5
 
 
 async def test_a_fast_rotating_writer_is_followed_file_after_file(server, s3, bucket, tmp_path: Path, nursery) -> None:
