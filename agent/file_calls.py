@@ -25,13 +25,14 @@ T = TypeVar("T")
 
 
 class _Call:
-    __slots__ = ("fn", "args", "result", "done")
+    __slots__ = ("fn", "args", "task", "result", "started")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], task: trio.lowlevel.Task) -> None:
         self.fn = fn
         self.args = args
+        self.task = task  # rescheduled with the result: no Event per call
         self.result: outcome.Outcome | None = None
-        self.done = trio.Event()
+        self.started = False
 
 
 def _run_all(calls: list[_Call]) -> None:
@@ -50,19 +51,18 @@ class FileCalls:
         self._wake = trio.Event()
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        call = _Call(fn, args)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        call = _Call(fn, args, trio.lowlevel.current_task())
         self._queue.append(call)
         self._wake.set()
-        try:
-            await call.done.wait()
-        except trio.Cancelled:
-            if call.result is None and call in self._queue:
-                self._queue.remove(call)  # not started: it never runs
-                raise
-            with trio.CancelScope(shield=True):  # started: it runs to the end, as a worker thread's call would
-                await call.done.wait()
-        assert call.result is not None
-        return call.result.unwrap()  # type: ignore[no-any-return]
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if call.started:
+                return trio.lowlevel.Abort.FAILED  # it runs to the end, as a worker thread's call would
+            self._queue.remove(call)  # not started: it never runs
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -80,12 +80,14 @@ class FileCalls:
             calls, self._queue = self._queue, []
             if not calls:
                 continue  # another runner took them
+            for call in calls:
+                call.started = True
             self.hops += 1
             self.calls += len(calls)
             with trio.CancelScope(shield=True):  # taken calls always finish (their callers wait for them)
                 await trio.to_thread.run_sync(_run_all, calls)
             for call in calls:
-                call.done.set()
+                trio.lowlevel.reschedule(call.task, call.result)
 
     def __repr__(self) -> str:
         return f"<FileCalls queued={len(self._queue)} hops={self.hops} calls={self.calls}>"

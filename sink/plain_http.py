@@ -41,7 +41,7 @@ class _Connection:
 
     async def receive(self, deadline: float) -> bool:
         """Read more into the buffer; False at end of stream."""
-        with trio.move_on_at(deadline) as scope:
+        with trio.CancelScope(deadline=deadline) as scope:  # not move_on_at: no generator per read
             data = await self.stream.receive_some(READ_SIZE)
         if scope.cancelled_caught:
             raise httpx.ReadTimeout("no answer within the read timeout")
@@ -140,16 +140,16 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
                         write: float) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         head = _head_bytes(request)
         try:
-            with trio.fail_after(write):
+            with trio.CancelScope(deadline=trio.current_time() + write) as scope:
                 if len(body) < JOIN_BODY_BELOW:
                     await connection.stream.send_all(head + body)
                 else:
                     await connection.stream.send_all(head)
                     await connection.stream.send_all(body)
-        except trio.TooSlowError:
-            raise httpx.WriteTimeout("the request was not written within the write timeout") from None
         except (trio.BrokenResourceError, OSError) as exc:
             raise httpx.WriteError(f"the connection broke while sending: {exc}") from exc
+        if scope.cancelled_caught:
+            raise httpx.WriteTimeout("the request was not written within the write timeout")
         try:
             return await self._read_response(connection, request.method, trio.current_time() + read)
         except (trio.BrokenResourceError, OSError) as exc:
