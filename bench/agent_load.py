@@ -84,7 +84,8 @@ class Window:
     appends: float
 
     def __str__(self) -> str:
-        return (f"{self.appends:.0f} appends/s; server {self.server_cpu:.2f} core, "
+        per_append = f" ({self.agent_cpu / self.appends * 1e3:.1f} ms of agent CPU each)" if self.appends else ""
+        return (f"{self.appends:.0f} appends/s{per_append}; server {self.server_cpu:.2f} core, "
                 f"machine {self.machine_busy:.1f} of {os.cpu_count()} cores busy")
 
 
@@ -165,6 +166,7 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
     sampled = fleet.paths[:sample]  # f0000..f0099: one listing of a prefix
     try:
         idle = memory_mib(fleet.agent.pid)["VmRSS"]
+        quiet = observe(fleet, min(5.0, window / 3))  # nothing written: what following idle files costs
         ceiling = server_ceiling(fleet.server.port, MAX_IN_FLIGHT, 2000, int(per_file * LINE))  # the agent is idle
         poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/f{'0' * (4 - len(str(sample - 1)))}", poll).start()
         writer = PacedWriter(fleet.paths, files * per_file).start()
@@ -201,6 +203,8 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         (f"{files:,} files x {per_file:g} lines/s: agent CPU", f"{seen_window.agent_cpu:.2f} core",
          f"over {window:.0f} s (after {min(5.0, window / 3):.0f} s warm-up): {seen_window}",
          "target <= 0.5 core"),
+        (f"{files:,} idle files: agent CPU", f"{quiet.agent_cpu:.3f} core",
+         f"over {min(5.0, window / 3):.0f} s with nothing written (the watcher, rounds of stats, rescans)", ""),
         (f"{files:,} files x {per_file:g} lines/s: freshness", f"p50 {percentile(lat, 50) * 1e3:.0f} ms, "
          f"p99 {percentile(lat, 99) * 1e3:.0f} ms",
          f"lines written in the window, {sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
