@@ -219,9 +219,10 @@ class Shipper:
             self.budget.release(batch.size)
             self._fail(lane, exc, in_turn=False)
             return
-        if not lane.busy and not lane.blocked:
-            self._ready.setdefault(lane.stream, lane)
-            self._wakeup()
+        if not lane.busy and not lane.blocked and lane.stream not in self._ready:
+            if not self._ready:  # otherwise the dispatcher already waits for a token or a turn's end
+                self._wakeup()
+            self._ready[lane.stream] = lane
 
     async def _dispatch(self) -> None:
         """Hand out turns: free slots, tokens (unless draining), round-robin."""
