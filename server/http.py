@@ -163,6 +163,51 @@ class ShutdownSignal:
             scope.cancel()
 
 
+class KeepAliveTimer:
+    """The keep-alive timeout of every idle connection, kept by one task (``run``).
+
+    Every keep-alive wait lasts ``timeout``, so they expire in the order they
+    began: an insertion-ordered dict is their queue, and one task sleeps until
+    the oldest is due and cancels the scopes whose time is up.  Why not a deadline
+    on each connection's scope: setting one and clearing it again is two trips
+    through trio's deadline bookkeeping per request (a context manager and a heap
+    entry each), more than this whole queue costs.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._waiting: dict[trio.CancelScope, float] = {}  # scope -> when it is due, oldest first
+        self._woken: trio.Event | None = None  # set when the queue stops being empty
+
+    def __repr__(self) -> str:
+        return f"KeepAliveTimer(timeout={self.timeout}, waiting={len(self._waiting)})"
+
+    def start(self, scope: trio.CancelScope) -> None:
+        """``scope`` is cancelled ``timeout`` from now unless ``stop`` comes first."""
+        self._waiting[scope] = trio.current_time() + self.timeout
+        if self._woken is not None:
+            self._woken.set()
+            self._woken = None
+
+    def stop(self, scope: trio.CancelScope) -> None:
+        self._waiting.pop(scope, None)
+
+    async def run(self) -> None:
+        """Cancel each waiting scope when it is due; never returns."""
+        waiting = self._waiting
+        while True:
+            if not waiting:
+                self._woken = trio.Event()
+                await self._woken.wait()
+                continue
+            scope, due = next(iter(waiting.items()))
+            if due > trio.current_time():
+                await trio.sleep_until(due)  # the oldest may be gone by then: look again
+                continue
+            del waiting[scope]
+            scope.cancel()
+
+
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASON_TEXT = {s.value: s.phrase for s in HTTPStatus}
 _date_cache: list = [0, b"", ""]
@@ -330,6 +375,7 @@ class HTTPServer:
         self.handler = handler
         self.config = config
         self._signal = ShutdownSignal()
+        self._keep_alive = KeepAliveTimer(config.keep_alive_timeout)
         self._slots = trio.Semaphore(config.max_connections)
         self._listeners: list[trio.SocketListener] = []
         self._accept_scope: trio.CancelScope | None = None
@@ -348,6 +394,7 @@ class HTTPServer:
             async with trio.open_nursery() as connections:
                 with trio.CancelScope() as self._accept_scope:
                     async with trio.open_nursery() as acceptors:
+                        acceptors.start_soon(self._keep_alive.run)  # idle connections left at shutdown are closed by it
                         for listener in self._listeners:
                             acceptors.start_soon(self._accept_loop, listener, connections)
                         self.address = (host, self._listeners[0].socket.getsockname()[1])
@@ -397,7 +444,7 @@ class HTTPServer:
     async def _run_connection(self, stream: trio.SocketStream) -> None:
         self.active_connections += 1
         try:
-            await self._connection_class(stream, self.handler, self.config, self._signal).run()
+            await self._connection_class(stream, self.handler, self.config, self._signal, self._keep_alive).run()
         finally:
             self.active_connections -= 1
             self._slots.release()

@@ -4,8 +4,10 @@ One task per connection, one request at a time: pipelined requests wait in
 h11's buffer (h11 returns PAUSED until ``start_next_cycle``).  Every wait is
 bounded by a trio deadline from ``HTTPConfig``; nothing here sleeps.  The
 waits that end the connection when they expire (idle, request head, send)
-share one cancel scope whose deadline is moved, which is cheaper per request
-than a new scope each; body reads get their own so the handler can answer.  Like
+share one cancel scope, which is cheaper per request than a new scope each:
+a kept-alive connection's idle wait is timed by the server's shared
+``KeepAliveTimer``, the others move the scope's deadline; body reads get their
+own scope so the handler can answer.  Like
 hypercorn's h11 protocol, a connection that cannot be reused is closed, and
 one whose client may still be sending is closed *lingering* (write side shut,
 input discarded for a bounded time) so the response is not lost to a reset.
@@ -23,7 +25,7 @@ import trio
 
 from server import errors
 from server.http import (
-    BODY_RECEIVE_SIZE, RECEIVE_SIZE, Handler, HTTPConfig, Request, RequestBody, Response, ShutdownSignal,
+    BODY_RECEIVE_SIZE, RECEIVE_SIZE, Handler, HTTPConfig, KeepAliveTimer, Request, RequestBody, Response, ShutdownSignal,
     encode_response, new_request_id, plain_response, response_head,
 )
 
@@ -61,12 +63,17 @@ class ConnectionLost(Exception):
 class HTTPConnection:
     """Serves requests on one stream until either side is done with it."""
 
-    def __init__(self, stream: trio.SocketStream, handler: Handler, config: HTTPConfig, signal: ShutdownSignal) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, handler: Handler, config: HTTPConfig, signal: ShutdownSignal,
+        keep_alive: KeepAliveTimer,
+    ) -> None:  # fmt: skip
         self.stream = stream
         self.handler = handler
         self.config = config
         self.signal = signal
+        self.keep_alive = keep_alive
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self._unparsed = False  # h11 may hold bytes of the next request (else: it needs data first)
         self.linger = False  # the client may still be sending: close lingering
         self.peer_closed = False  # EOF or reset seen on the socket
         self.body_failed = False  # a body read raised (timeout, bad framing): this connection is done
@@ -135,14 +142,16 @@ class HTTPConnection:
                     self.conn.receive_data(trailing)
                 if closed:
                     self.conn.receive_data(b"")
+                self._unparsed = bool(trailing) or closed
             else:
                 self.conn.start_next_cycle()
+                self._unparsed = True
 
     async def _receive_head(self) -> tuple[h11.Request, list[tuple[bytes, bytes]]] | None:
         """The next request head and its headers as received, or None when the connection should just close."""
         conn = self.conn
         io = self._io
-        event = conn.next_event()
+        event = conn.next_event() if self._unparsed else h11.NEED_DATA
         if event is h11.NEED_DATA:
             await self._receive_while_idle()
             if (event := conn.next_event()) is h11.NEED_DATA:
@@ -152,7 +161,8 @@ class HTTPConnection:
                     await self._receive()
         else:
             await trio.lowlevel.checkpoint()  # pipelined: let other connections run between requests
-        io.deadline = math.inf
+        if io.deadline != math.inf:
+            io.deadline = math.inf
         self._waiting = ""
         if type(event) is not h11.Request:
             return None  # ConnectionClosed
@@ -165,10 +175,15 @@ class HTTPConnection:
         return event, raw_headers
 
     async def _receive_while_idle(self) -> None:
-        """Wait for a request's first bytes, cancelled by the idle timeout or shutdown."""
+        """Wait for a request's first bytes, cancelled by the idle timeout (a fresh
+        connection's is ``header_timeout``; a kept-alive one's runs on the shared
+        ``KeepAliveTimer``) or by shutdown."""
         io = self._io
-        timeout = self.config.keep_alive_timeout if self.requests else self.config.header_timeout
-        io.deadline = trio.current_time() + timeout
+        kept_alive = self.requests > 0
+        if kept_alive:
+            self.keep_alive.start(io)
+        else:
+            io.deadline = trio.current_time() + self.config.header_timeout
         self._waiting = "idle"
         if self.signal.requested:
             io.cancel()
@@ -177,6 +192,8 @@ class HTTPConnection:
             await self._receive(idle=True)
         finally:
             self.signal.idle_scopes.discard(io)
+            if kept_alive:
+                self.keep_alive.stop(io)
 
     async def _receive(self, *, idle: bool = False, size: int = RECEIVE_SIZE) -> None:
         """Feed h11 the next bytes from the socket (b"" at EOF or on a reset).

@@ -106,7 +106,7 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         authorize_write(existing)
         if offset is None or existing is None:
             return
-        if any(name in existing.system for name in SSE_HEADERS):
+        if existing.system and any(name in existing.system for name in SSE_HEADERS):
             raise InvalidArgument("The object is stored with server-side encryption and cannot be appended to.")
         if COMPRESSION_META in existing.system:
             raise InvalidArgument("The object is stored compressed and cannot be appended to; rewrite the object instead.")

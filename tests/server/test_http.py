@@ -20,7 +20,7 @@ import trio
 from structlog.testing import capture_logs
 
 from server import errors
-from server.http import HTTPConfig, HTTPServer, Request, RequestBody, Response
+from server.http import HTTPConfig, HTTPServer, KeepAliveTimer, Request, RequestBody, Response
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -503,6 +503,33 @@ async def test_incomplete_head_times_out_with_408():
         reply = await client.response()
         assert reply.status == 408
         assert await client.closed_by_server()
+
+
+async def test_the_keep_alive_timer_cancels_each_wait_when_it_is_due(autojump_clock: trio.testing.MockClock):
+    timer = KeepAliveTimer(5)
+    start = trio.current_time()
+    ended: dict[str, float] = {}
+
+    async def idle(name: str, begins: float, stops: float | None = None) -> None:
+        await trio.sleep_until(start + begins)
+        with trio.CancelScope() as scope:
+            timer.start(scope)
+            if stops is None:
+                await trio.sleep_forever()
+            await trio.sleep_until(start + stops)
+            timer.stop(scope)
+            await trio.sleep(100)
+        ended[name] = trio.current_time() - start
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        nursery.start_soon(idle, "first", 0)
+        nursery.start_soon(idle, "stopped", 0.5, 2)  # its request came in time
+        nursery.start_soon(idle, "second", 1)
+        nursery.start_soon(idle, "later", 20)  # after the queue was empty
+        await trio.sleep(200)
+        nursery.cancel_scope.cancel()
+    assert ended == {"first": 5, "second": 6, "later": 25, "stopped": 102}
 
 
 async def test_idle_keep_alive_connection_is_closed_after_its_timeout():
