@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable
 
 import structlog
 import trio
@@ -58,7 +58,6 @@ from agent.units import KiB, MiB
 from agent.watcher import Watcher
 
 log = structlog.get_logger()
-T = TypeVar("T")
 MIN_CHUNK = 4 * KiB
 MAX_CHUNK = 1 * MiB
 MAX_POKE_PAUSE = 0.5  # seconds between two rounds at most (also after quiet rounds)
@@ -115,7 +114,7 @@ class Streams:
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._expected = 1  # streams expected: sizes each tailer's share of the read-ahead
-        self._file_calls = FileCalls(FILE_THREADS)
+        self._file_calls = FileCalls(FILE_THREADS)  # the tailers' reads and stats share worker-thread hops
 
     @property
     def tailers(self) -> dict[str, Tailer]:
@@ -296,7 +295,7 @@ class Streams:
             if start is None:
                 return
             tailer = Tailer(path, path, self._chunks.clone(), self.budget, start=start, chunk_size=self._chunk_size(),
-                            partial_line_timeout=self.config.partial_line_timeout, run_sync=self._file_call)
+                            partial_line_timeout=self.config.partial_line_timeout, run_sync=self._file_calls)
             self._input_of[path] = spec
             assert self._nursery is not None
             await self._nursery.start(self._run_tailer, tailer)
@@ -360,10 +359,6 @@ class Streams:
                 self.shipper.notify()
         if not scope.cancel_called:
             log.info(events.STREAM_ENDED, stream=path, offset=tailer.sent)
-
-    async def _file_call(self, fn: Callable[..., T], *args: object) -> T:
-        """Tailers' blocking file calls: the calls of a round share worker-thread hops (``FileCalls``)."""
-        return await self._file_calls(fn, *args)
 
     def _chunk_size(self) -> int:
         """Each tailer's read buffer: a share of the read-ahead budget, so many streams stay small in memory."""
