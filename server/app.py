@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from server import buckets, objects, routes, xml
+from server import buckets, copy, objects, routes, xml
 from server.access import AccessControl
 from server.auth import authenticate
 from server.config import ServerConfig
@@ -112,10 +112,10 @@ class S3App:
         return bucket, key or None
 
     def route(
-        self, method: str, bucket: str | None, key: str | None, query: dict[str, str],
-        headers: list[tuple[str, str]] | None = None,
-    ) -> tuple[Operation, str]:  # fmt: skip
-        found = routes.route(method, bucket, key, query, headers or ())  # multipart, copy, versions, sub-resources...
+        self, method: str, bucket: str | None, key: str | None, query: dict[str, str], *, copying: bool = False
+    ) -> tuple[Operation, str]:
+        """``copying``: the request names a copy source (``x-amz-copy-source``)."""
+        found = routes.route(method, bucket, key, query, copying)  # multipart, copy, versions, sub-resources...
         if found is not None:
             return found
         unsupported = set(SUBRESOURCES.intersection(query)) if query else set()
@@ -163,8 +163,11 @@ class S3App:
                 auth = authenticate(
                     request.method, request.path, request.query, request.headers, self.keys,
                     now=time.time(), region=self.config.region, sessions=self.sessions.lookup,
+                    first_values=request.first_values(),
                 )
-                handler, operation = self.route(request.method, bucket, key, query, request.headers)
+                handler, operation = self.route(
+                    request.method, bucket, key, query, copying=request.header(copy.COPY_SOURCE) is not None
+                )
                 handler = self.access.guard(handler, operation, auth, request, bucket, key, query)
                 ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)
                 response = await handler(ctx)

@@ -235,14 +235,19 @@ def authenticate(
     region: str | None = None,
     service: str = "s3",
     sessions: SessionLookup | None = None,
+    first_values: Mapping[str, str] | None = None,
 ) -> AuthResult:
     """Authenticate one S3 request, or raise the S3 error AWS would give.
 
     ``headers`` are (lower-case name, value) pairs as received; ``now`` is an
     aware datetime or epoch seconds; ``region`` None accepts any region;
-    ``sessions`` resolves ``x-amz-s3session-token`` values (None: refused).
+    ``sessions`` resolves ``x-amz-s3session-token`` values (None: refused);
+    ``first_values``: the first value of each header by lower-case name, if the
+    caller has them already (``Request.first_values``).
     """
-    header_map = {name.lower(): value for name, value in reversed(headers)}  # the first value of each
+    header_map = (  # the first value of each
+        first_values if first_values is not None else {name.lower(): value for name, value in reversed(headers)}
+    )
     params: dict[str, str] = {}
     if raw_query:
         for name_b, value_b in sigv4.parse_query(raw_query):
@@ -267,7 +272,7 @@ def authenticate(
 class _Policy:
     """The S3 rules around ``check_signature``, for one request."""
 
-    header_map: dict[str, str]  # lower-case name -> first value
+    header_map: Mapping[str, str]  # lower-case name -> first value
     keys: Keyring
     now: float
     region: str | None

@@ -131,10 +131,18 @@ class Request:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
+        value = self.first_values().get(name)  # names are stored lower-case, and usually asked for so
+        if value is None and not name.islower():
+            value = self._first.get(name.lower())  # type: ignore[union-attr]
+        return default if value is None else value
+
+    def first_values(self) -> dict[str, str]:
+        """Header name (lower-case) → its first value; built on first use (a request
+        asks for a dozen headers), shared with SigV4 verification."""
         first = self._first
-        if first is None:  # built on first use (a request asks for a dozen headers); the first value wins
+        if first is None:
             first = self._first = dict(reversed(self.headers))
-        return first.get(name.lower(), default)
+        return first
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ which ``server.policy`` grants by.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from server import batch_delete, copy, multipart, subresources, upload_listing, versions
 from server.context import Context
@@ -27,9 +27,8 @@ def _only(method: str, allowed: dict[str, Route]) -> Route:
     return allowed[method]
 
 
-def route(
-    method: str, bucket: str | None, key: str | None, query: dict[str, str], headers: Sequence[tuple[str, str]] = ()
-) -> Route | None:
+def route(method: str, bucket: str | None, key: str | None, query: dict[str, str], copying: bool = False) -> Route | None:
+    """``copying``: the request has an ``x-amz-copy-source`` header."""
     if bucket is None:
         return None
     if key is None:
@@ -40,7 +39,6 @@ def route(
         if "delete" in query:
             return _only(method, {"POST": (batch_delete.delete_objects, "DeleteObjects")})
         return subresources.route(method, bucket, key, query)
-    copying = any(name == copy.COPY_SOURCE for name, _ in headers)
     if not query:  # the usual request (every append): no sub-resource to look for
         return (copy.copy_object, "CopyObject") if copying and method == "PUT" else None
     if "uploads" in query:
