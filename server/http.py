@@ -131,9 +131,12 @@ class Request:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
-        value = self.first_values().get(name)  # names are stored lower-case, and usually asked for so
+        first = self._first
+        if first is None:
+            first = self.first_values()
+        value = first.get(name)  # names are stored lower-case, and usually asked for so
         if value is None and not name.islower():
-            value = self._first.get(name.lower())  # type: ignore[union-attr]
+            value = first.get(name.lower())
         return default if value is None else value
 
     def first_values(self) -> dict[str, str]:
