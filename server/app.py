@@ -74,7 +74,10 @@ class S3App:
         self.storage, self.config, self.keys = storage, config, keys
         self.sessions = SessionStore()
         self.access = AccessControl(keys, self.sessions)
-        self.metrics = ServerMetrics(stats_cache_seconds=config.observability.stats_cache_seconds)
+        self.metrics = ServerMetrics(
+            stats_cache_seconds=config.observability.stats_cache_seconds,
+            commits=storage.commit_counts,
+        )
         self._object_routes: dict[str, tuple[Operation, str]] = {
             "PUT": (objects.put_object, "PutObject"),
             # Not an S3 operation: `curl --data-binary` POSTs, and the append guide's curl commands must work.

@@ -13,26 +13,36 @@ Names (text exposition format, prometheus_client's conventions):
   tailbucket_append_duration_seconds              histogram of acknowledged appends
                                                   (PutObject with x-amz-write-offset-bytes, 2xx)
   tailbucket_stored_objects, tailbucket_stored_bytes   what the storage holds
+  tailbucket_commit_batches_total, tailbucket_committed_writes_total
+                                                  group commits and the writes in them (their
+                                                  ratio is the average batch: concurrent writes
+                                                  sharing one flush and one transaction)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Seconds: a fsynced append on a local disk takes about a millisecond; a busy one, up to seconds.
 APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 StatsSource = Callable[[], Awaitable[tuple[int, int]]]  # (objects, bytes), e.g. ``Storage.stats``
+CommitSource = Callable[[], tuple[int, int]]  # (group commits, writes in them), e.g. ``Storage.commit_counts``
 
 
 class ServerMetrics:
     """Counters and histograms for one server, and its text exposition."""
 
-    def __init__(self, *, stats_cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, stats_cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+        commits: CommitSource | None = None,
+    ) -> None:  # fmt: skip
         self.registry = CollectorRegistry(auto_describe=True)
         self._stats_ttl = stats_cache_seconds
         self._clock = clock
@@ -53,10 +63,12 @@ class ServerMetrics:
             buckets=APPEND_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.stored_objects = Gauge("tailbucket_stored_objects", "Objects stored.", registry=self.registry)
+        self.stored_bytes = Gauge("tailbucket_stored_bytes", "Object bytes stored.", registry=self.registry)
+        if commits is not None:
+            self.registry.register(_CommitCounts(commits))
         self._requests_of: dict[tuple[str, int], Counter] = {}
         self._received_of: dict[str, Counter] = {}
         self._sent_of: dict[str, Counter] = {}
-        self.stored_bytes = Gauge("tailbucket_stored_bytes", "Object bytes stored.", registry=self.registry)
 
     def __repr__(self) -> str:
         return f"ServerMetrics(stats_cache_seconds={self._stats_ttl}, stats_at={self._stats_at})"
@@ -88,3 +100,17 @@ class ServerMetrics:
             self.stored_bytes.set(size)
             self._stats_at = now
         return generate_latest(self.registry)
+
+
+class _CommitCounts(Collector):
+    """The group committer's own counts, read at scrape time (it keeps them anyway)."""
+
+    def __init__(self, source: CommitSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        batches, writes = self._source()
+        yield CounterMetricFamily(
+            "tailbucket_commit_batches", "Group commits: one data flush and one index transaction each.", value=batches
+        )
+        yield CounterMetricFamily("tailbucket_committed_writes", "Writes those group commits carried.", value=writes)

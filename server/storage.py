@@ -226,6 +226,10 @@ class Storage:
         fs = await trio.to_thread.run_sync(os.statvfs, self.data_dir)
         return fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES
 
+    def commit_counts(self) -> tuple[int, int]:
+        """(group commits, writes committed in them) since the storage opened."""
+        return self._committer.batches, self._committer.jobs
+
     async def stats(self) -> tuple[int, int]:
         """(objects, bytes) over all buckets."""
         return await self._read(index.stats)

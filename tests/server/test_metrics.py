@@ -130,6 +130,8 @@ def test_counters_move_by_exactly_the_requests_made(make_server, tmp_path) -> No
     assert moved("tailbucket_append_duration_seconds_count") == 1
     assert 0 < moved("tailbucket_append_duration_seconds_sum") < 10
     assert (value(after, "tailbucket_stored_objects"), value(after, "tailbucket_stored_bytes")) == (1, 15)
+    assert moved("tailbucket_committed_writes_total") == 3  # the bucket, the PUT, the append
+    assert 1 <= moved("tailbucket_commit_batches_total") <= 3
 
 
 def test_health_and_ready_need_no_auth(make_server, tmp_path) -> None:
