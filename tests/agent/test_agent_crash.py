@@ -35,6 +35,7 @@ class RotatingWriter:
         self.rotations = 0
         self.lines = 0
         self.stop = threading.Event()
+        self._rotating = threading.Lock()  # ``everything`` must not read the files in the middle of a rotation
 
     @property
     def live(self) -> Path:
@@ -49,18 +50,21 @@ class RotatingWriter:
                 out.flush()
                 self.lines += batch.count(b"\n")
                 if time.monotonic() >= next_rotation:
-                    self.rotations += 1
-                    out.close()
-                    self.live.rename(self.directory / f"app.log.{self.rotations}")
-                    out = open(self.live, "ab")
+                    with self._rotating:
+                        self.rotations += 1
+                        out.close()
+                        self.live.rename(self.directory / f"app.log.{self.rotations}")
+                        out = open(self.live, "ab")
                     next_rotation = time.monotonic() + self.rng.uniform(0.2, 0.8)
                 self.stop.wait(0.002)  # the writer's pace
         out.close()
 
     def everything(self) -> bytes:
-        """The stream's bytes: rotated files oldest first, then the live file."""
-        rotated = [self.directory / f"app.log.{n}" for n in range(1, self.rotations + 1)]
-        return b"".join(p.read_bytes() for p in rotated) + self.live.read_bytes()
+        """The stream's bytes: rotated files oldest first, then the live file (between two rotations: one that
+        happened while the files were read would leave the file it made out)."""
+        with self._rotating:
+            rotated = [self.directory / f"app.log.{n}" for n in range(1, self.rotations + 1)]
+            return b"".join(p.read_bytes() for p in rotated) + self.live.read_bytes()
 
 
 @pytest.mark.slow
