@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from functools import cached_property
 
 from agent.batcher import Batch
 from agent.checkpoint import StreamState
@@ -34,7 +35,15 @@ class Route:
 
     def base_key(self, now: datetime) -> str:
         """The rendered key template (``KeyRenderError`` if unsafe)."""
-        return self.input.key.render(KeyFields(self.host, self.stream, self.input.label, now))
+        fixed = self._fixed_key
+        return fixed if fixed is not None else self.input.key.render(KeyFields(self.host, self.stream, self.input.label, now))
+
+    @cached_property
+    def _fixed_key(self) -> str | None:
+        """The key once and for all when the template has no ``{date}`` (it is asked for at every turn)."""
+        if self.input.key.uses_date:
+            return None
+        return self.input.key.render(KeyFields(self.host, self.stream, self.input.label, datetime.now(timezone.utc)))
 
     def codec(self) -> Codec:
         return GzipMembers() if self.input.compression == "gzip" else Identity()
