@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from server.storage import Storage
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     request: Request
     request_id: str

@@ -101,6 +101,11 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         raise NotImplemented_("Server-side encryption with customer keys (SSE-C) is not supported.")
     system = {**sse, **written.rustfs} if written.rustfs else sse
     payload = Payload(request, ctx.auth, max_body=ctx.config.max_body)
+    algorithm = requested_algorithm(request.headers) if written.names_checksum else None  # refused if unknown
+    # Only a write at offset 0 (or none) may make the object: any other append leaves ``new`` unused.
+    new = None if offset else NewObject(
+        content_type=request.header("content-type"), metadata=metadata, system=system, checksum_algorithm=algorithm
+    )
 
     def check_existing(existing: ObjectInfo | None) -> None:
         authorize_write(existing)
@@ -121,10 +126,7 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
         ctx.key,
         payload,
         offset=offset,
-        new=NewObject(
-            content_type=request.header("content-type"), metadata=metadata, system=system,
-            checksum_algorithm=requested_algorithm(request.headers) if written.names_checksum else None,
-        ),  # fmt: skip
+        new=new,
         check_existing=check_existing,
         check_body=payload.check,
         body_md5=payload.content_md5 is not None,
