@@ -148,7 +148,10 @@ class GroupCommitter:
         """Leave the event loop's turns (in the trio thread, before ``close``): jobs
         are handed over at once and writers woken through ``run_sync_soon``."""
         if self._turns is not None:
-            trio.lowlevel.remove_instrument(self._turns)
+            try:
+                trio.lowlevel.remove_instrument(self._turns)
+            except KeyError:
+                pass  # trio drops an instrument whose hook raised (and logs it)
             self._turns = None
             self._hand_over()
             self._wake_finished()
@@ -325,7 +328,11 @@ class _TurnHandOver(trio.abc.Instrument):
     its batch then starts with a job or two while the rest of the turn's wait for
     the next one; and a wake-up through ``run_sync_soon`` costs the worker a write
     to trio's wake-up socket (and its GIL hand-back) and the writers one more turn
-    (the loop's I/O check, its entry-queue task, then their own turn)."""
+    (the loop's I/O check, its entry-queue task, then their own turn).  Measured
+    with 16 connections of 1 KiB appends: handing a turn's jobs over as soon as
+    two (or four) were queued and the worker was idle cost the event loop ~50 µs
+    more CPU per append and a fifth of the rate -- the worker then takes the GIL
+    back and forth while the loop runs Python."""
 
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
