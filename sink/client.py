@@ -176,14 +176,15 @@ class S3Client:
 
     async def _exchange(self, req: protocol.Request, auth: httpx.Auth | None) -> httpx.Response:
         """One request, one answer (read whole): straight to the transport when we sign it ourselves."""
-        if not isinstance(auth, SigV4Auth) or self._http.auth is not None:
+        transport_for = getattr(self._http, "_transport_for_url", None)  # httpx's mount lookup (private: guarded)
+        if not isinstance(auth, SigV4Auth) or self._http.auth is not None or transport_for is None:
             request = self._http.build_request(req.method, req.url, headers=req.headers, content=req.body)
             return await self._http.send(request, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT)
         url = self._url(req.url)
         request = httpx.Request(req.method, url, headers=req.headers, content=req.body,
                                 extensions={"timeout": self._timeout})
         auth.sign(request)
-        response = await self._http._transport_for_url(url).handle_async_request(request)
+        response = await transport_for(url).handle_async_request(request)
         response.request = request
         try:
             await response.aread()
