@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
+from sink.durable import fsync_dir
+
 STATE_FILE = "checkpoint.json"
 TEMP_FILE = "checkpoint.json.tmp"
 JOURNAL_PREFIX = "checkpoint.journal."
@@ -134,11 +136,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import structlog
 
+from sink.durable import fsync_dir
+
 log = structlog.get_logger()
 
 WRITEBACK_EVERY = 8 * 1024 * 1024  # bytes of a large body written before their writeback is started
@@ -46,8 +48,8 @@ class DataFiles:
         for n in range(256):
             (self.root / f"{n:02x}").mkdir(exist_ok=True)
         if self.durable:
-            _sync_dir(self.root)
-            _sync_dir(self.root.parent)
+            fsync_dir(self.root)
+            fsync_dir(self.root.parent)
 
     @staticmethod
     def new_id() -> str:
@@ -102,7 +104,7 @@ class DataFiles:
 
     def sync_dir_of(self, file_id: str) -> None:
         if self.durable:
-            _sync_dir(self.root / file_id[:2])
+            fsync_dir(self.root / file_id[:2])
 
     def unlink(self, file_id: str) -> None:
         try:
@@ -262,11 +264,3 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     flush).  Errors are left to that flush."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
