@@ -36,6 +36,9 @@ async def receive_body(
     ``check_body`` refusing, cancellation -- the data file is put back before
     the exception propagates.
     """
+    hash_elsewhere = getattr(body, "hash_elsewhere", None)  # a Payload: its SHA-256 goes with our hashing
+    if hash_elsewhere is not None:
+        hasher.also = hash_elsewhere()
     try:
         chunks: list[bytes] = []
         buffered = 0

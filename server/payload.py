@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from server import checksums
 from server.auth import AuthResult
@@ -68,6 +68,16 @@ class Payload:
         self._hashers = {a: checksums.FACTORIES[a]() for a in algorithms if a != "crc32"}
         self.trailers: dict[str, str] = {}
         self.verified: dict[str, bytes] = {}
+        self._hashed_elsewhere = False
+
+    def hash_elsewhere(self) -> Callable[[bytes], None]:
+        """Hand this body's hashing (its SHA-256, the checksums it names) to the
+        receiver, which must pass every piece through the returned function once,
+        in order, before ``check``; ``check`` then compares the SHA-256 too.
+        Why: ``bodies.receive_body`` hashes a large body in a worker thread, and
+        SHA-256 on the event loop (~0.7 ms per MiB here) stalled every connection."""
+        self._hashed_elsewhere = True
+        return self._hash
 
     @staticmethod
     def _declared_length(request: Request) -> int:
@@ -93,6 +103,10 @@ class Payload:
         """The body ended: check what could only be checked at its end."""
         if self._decoder is not None:
             self.trailers = dict(self._decoder.finish())
+        if not self._hashed_elsewhere:
+            self._check_sha256()
+
+    def _check_sha256(self) -> None:
         if self._body_signature is not None:  # curl < 8 signs the body's hash without sending it
             self._body_signature.verify(self._sha256.hexdigest())
         elif self._sha256 is not None and self._sha256.hexdigest() != self._mode:
@@ -102,6 +116,8 @@ class Payload:
 
     def check(self, digest: BodyDigest) -> None:
         """Refuse the body (before it is committed) if a digest the client gave does not match."""
+        if self._hashed_elsewhere:
+            self._check_sha256()
         if self.content_md5 is not None and digest.md5 != self.content_md5:
             raise BadDigest("The Content-MD5 you specified did not match what we received.")
         expected = dict(self.expected)
@@ -147,11 +163,13 @@ class _Pieces:
                 payload._end()
                 raise StopAsyncIteration
             if payload._decoder is None:
-                payload._hash(data)
+                if not payload._hashed_elsewhere:
+                    payload._hash(data)
                 return data
             self._queued = list(reversed(payload._decoder.feed(data)))
         piece = self._queued.pop()
-        payload._hash(piece)
+        if not payload._hashed_elsewhere:
+            payload._hash(piece)
         return piece
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server import checksums
@@ -118,7 +119,7 @@ class BodyHasher:
     ``md5``: compute the body's MD5 (a new object's ETag, a Content-MD5 check).
     """
 
-    __slots__ = ("size", "_md5", "_crc32", "_extends_crc32", "extra", "_digest")
+    __slots__ = ("size", "_md5", "_crc32", "_extends_crc32", "extra", "also", "_digest")
 
     def __init__(
         self, extends_crc32: int | None = None, extra: checksums.Hasher | None = None, *, md5: bool = True
@@ -128,6 +129,7 @@ class BodyHasher:
         self._crc32 = 0
         self._extends_crc32 = extends_crc32
         self.extra = extra  # another full-object checksum kept alongside (CRC32C, CRC64NVME, SHA-*)
+        self.also: Callable[[bytes], None] | None = None  # the request's own hashing (Payload.hash_elsewhere)
         self._digest: BodyDigest | None = None  # once asked for (the body check, then the commit)
 
     @property
@@ -151,6 +153,8 @@ class BodyHasher:
         self._crc32 = zlib.crc32(data, self._crc32)
         if self.extra is not None:
             self.extra.update(data)
+        if self.also is not None:
+            self.also(data)
 
     def digest(self) -> BodyDigest:
         if self._digest is None:
