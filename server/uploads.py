@@ -58,7 +58,9 @@ class _LockEntry:
 
 
 def new_upload_id() -> str:
-    return secrets.token_urlsafe(32)
+    """A fresh id that never starts with "-": command lines take such a value for an
+    option (``aws s3api upload-part --upload-id -x...`` fails with a usage error)."""
+    return "u" + secrets.token_urlsafe(32)
 
 
 class UploadStore:

@@ -14,6 +14,7 @@ import pytest
 from awscrt import checksums as crt
 from botocore.exceptions import ClientError
 
+from server.uploads import new_upload_id
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY
 
 MiB = 1024 * 1024
@@ -278,3 +279,8 @@ async def test_upload_store_locks_and_recovery(tmp_path):
     store = UploadStore.open_sync(tmp_path, durable=False, max_part_size=MiB)
     assert await store.parts("u1") == []
     store.close_sync()
+
+
+def test_upload_ids_never_start_with_a_dash() -> None:
+    """The aws CLI took a dash-led --upload-id for an option (a flaky CLI test found it)."""
+    assert not any(new_upload_id().startswith("-") for _ in range(2000))
