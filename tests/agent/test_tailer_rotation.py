@@ -32,6 +32,14 @@ async def follow(path: Path, script, sizes: list[int]) -> list[tuple[float, byte
     return got
 
 
+async def rotate_at_one_second(h: Harness, path: Path) -> None:
+    """At t = 1: the log renamed to ``<name>.1`` and a new one started with a whole line."""
+    await trio.sleep(1)
+    path.rename(path.with_name(path.name + ".1"))
+    path.write_bytes(b"new 1\n")
+    h.tailer.poke()
+
+
 async def test_a_finished_old_file_is_left_as_soon_as_the_new_one_has_data(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -39,10 +47,7 @@ async def test_a_finished_old_file_is_left_as_soon_as_the_new_one_has_data(
     path.write_bytes(b"old 1\n")
 
     async def rotate(h: Harness) -> None:
-        await trio.sleep(1)
-        path.rename(tmp_path / "app.log.1")
-        path.write_bytes(b"new 1\n")
-        h.tailer.poke()
+        await rotate_at_one_second(h, path)
 
     got = await follow(path, rotate, [6, 6])
     assert got == [(0.0, b"old 1\n", 0), (1.0, b"new 1\n", 0)]  # not at 1 + GRACE
@@ -55,10 +60,7 @@ async def test_a_partial_last_line_goes_out_whole_after_a_brief_quiet(
     path.write_bytes(b"old 1\nunfinished")
 
     async def rotate(h: Harness) -> None:
-        await trio.sleep(1)
-        path.rename(tmp_path / "app.log.1")
-        path.write_bytes(b"new 1\n")
-        h.tailer.poke()
+        await rotate_at_one_second(h, path)
 
     got = await follow(path, rotate, [6, 10, 6])
     assert got == [(0.0, b"old 1\n", 0), (1.0 + ROTATION_QUIET, b"unfinished", 6), (1.0 + ROTATION_QUIET, b"new 1\n", 0)]
@@ -71,10 +73,7 @@ async def test_a_line_finished_during_the_quiet_goes_out_as_one_line(
     path.write_bytes(b"old 1\nunfin")
 
     async def rotate(h: Harness) -> None:
-        await trio.sleep(1)
-        path.rename(tmp_path / "app.log.1")
-        path.write_bytes(b"new 1\n")
-        h.tailer.poke()
+        await rotate_at_one_second(h, path)
         await trio.sleep(ROTATION_QUIET / 2)
         append(tmp_path / "app.log.1", b"ished\n")  # the old writer's last write
         h.tailer.poke()
