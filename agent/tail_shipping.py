@@ -1,8 +1,8 @@
 """tail-to-bucket's three ways of shipping, and how it stops.
 
 * one-shot (``ship_file``): SOURCE up to its size at start in batch-size
-  appends; a worker thread reads the next chunk (``preadv`` into one reused
-  buffer) while the current one is on the wire: at most two chunks in memory.
+  appends; a worker thread reads, encodes and checksums the next body while
+  the current one is on the wire: at most two bodies in memory.
 * ``--follow`` (``follow_file``): the agent's ``Tailer`` (rotation and
   truncation are handled there, only there) → the agent's batcher (flush on
   bytes or age) → one writer.
@@ -27,10 +27,11 @@ import trio
 from agent.batcher import Batch, BatchRules, Chunk, run_batcher
 from agent.fingerprint import FileIdentity
 from agent.progress import ProgressBar
-from agent.tail_source import Failure, Options, Source, read_exact
+from agent.tail_source import Failure, Options, Source, read_at
 from agent.tailer import BEGINNING, ReadAheadBudget, StartAt, Tailer
 from agent.units import MiB
 from sink.append import ObjectWriter
+from sink import crc
 from sink.compress import Codec, Identity
 
 log = structlog.get_logger()
@@ -40,9 +41,22 @@ STOP_GRACE = 30.0  # after Ctrl-C / SIGTERM, how long the append in flight may t
 STDIN_IDENTITY = FileIdentity(0, 0, 0, "")
 
 
-def _encode(codec: Codec, view: memoryview) -> bytes:
-    """The body to send for these bytes (a copy: httpx sends ``bytes``)."""
-    return codec.encode(bytes(view))
+@dataclass(frozen=True)
+class Body:
+    """One append's body, made in a worker thread: what to send, its CRC32, the SOURCE bytes it holds."""
+
+    data: bytes
+    crc32: int
+    source_bytes: int
+
+
+def make_body(codec: Codec, fd: int, offset: int, size: int) -> Body:
+    """SOURCE [offset, offset + size) read (straight into a new ``bytes``: no copy after), encoded and checksummed.
+
+    Fewer bytes only if SOURCE ends sooner."""
+    raw = read_at(fd, offset, size)
+    data = codec.encode(raw)
+    return Body(data, crc.crc32(data), len(raw))
 
 
 def _read_some(fd: int, buf: bytearray) -> bytes:
@@ -101,8 +115,9 @@ class Shipper:
     stopper: Stopper
     shipped: int  # SOURCE offset shipped so far
 
-    async def send(self, body: bytes, source_end: int) -> None:
-        length = await self.writer.append(body)
+    async def send(self, body: bytes, source_end: int, *, crc32: int | None = None) -> None:
+        """Append ``body`` (``crc32``: its CRC32, if computed already) and count SOURCE up to ``source_end`` shipped."""
+        length = await self.writer.append(body, crc32=crc32)
         # httpx's Response and its stream form a reference cycle that holds the
         # request, body included, until the cyclic GC runs: collect the young
         # generations now, or a few past bodies pile up in memory.
@@ -125,39 +140,34 @@ class Shipper:
 async def ship_file(shipper: Shipper, source: Source, codec: Codec) -> None:
     """One-shot: SOURCE [shipped, size at start) in batch-size appends.
 
-    The reader fills one reused buffer with the next chunk while the current
-    body is on the wire; the sender copies it out (the body httpx needs) only
-    when the previous append is done.  So at most two chunks are in memory:
-    the buffer and the body in flight.
+    A worker thread makes the next body (``make_body``: read, encode, CRC32)
+    while the current one is on the wire, then waits until the sender takes
+    it, which is once the current append is done: at most two bodies in
+    memory, and neither the copy nor the CRC32 runs on the event loop.
     """
     end, size = source.size or 0, shipper.opts.batch_bytes
-    buf = bytearray(min(size, end - shipper.shipped))
-    view = memoryview(buf)
-    filled_in, filled_out = trio.open_memory_channel[int](0)  # "buffer[:n] holds the next chunk"
-    taken_in, taken_out = trio.open_memory_channel[None](0)  # "the buffer may be overwritten"
+    bodies_in, bodies_out = trio.open_memory_channel[Body](0)
 
     async def read_ahead() -> None:
         offset = shipper.shipped
-        async with filled_in:
+        async with bodies_in:
             while offset < end:
                 want = min(size, end - offset)
-                got = await trio.to_thread.run_sync(read_exact, source.fd, view[:want], offset)
-                if got < want:
-                    raise Failure(f"{source.name} shrank to {offset + got} bytes while being read "
+                body = await trio.to_thread.run_sync(make_body, codec, source.fd, offset, want)
+                if body.source_bytes < want:
+                    raise Failure(f"{source.name} shrank to {offset + body.source_bytes} bytes while being read "
                                   f"(it had {end}); {shipper.opts.url} holds its first {offset} bytes")
-                await filled_in.send(got)
-                await taken_out.receive()
-                offset += got
+                await bodies_in.send(body)
+                del body  # the sender's now: not kept here past its append
+                offset += want
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_ahead)
-        async with filled_out:
-            while (got := await shipper.next_item(filled_out)) is not None:
-                assert isinstance(got, int)
-                body = await trio.to_thread.run_sync(_encode, codec, view[:got])
-                await taken_in.send(None)
-                await shipper.send(body, shipper.shipped + got)
-                del body  # before the next copy: two chunks in memory, not three
+        async with bodies_out:
+            while (body := await shipper.next_item(bodies_out)) is not None:
+                assert isinstance(body, Body)
+                await shipper.send(body.data, shipper.shipped + body.source_bytes, crc32=body.crc32)
+                del body  # before the next one is taken
         nursery.cancel_scope.cancel()
 
 

@@ -154,6 +154,17 @@ def read_exact(fd: int, view: memoryview, offset: int | None) -> int:
     return got
 
 
+def read_at(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` read straight into a new ``bytes`` (fewer only at EOF)."""
+    data = os.pread(fd, size, offset)
+    while 0 < len(data) < size:  # a short read before EOF: rare, so the join's copy is too
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 class Source:
     """SOURCE: a regular file (``fd``, ``size`` at start) or stdin (``fd`` 0, size unknown)."""
 

@@ -38,6 +38,7 @@ from sink.compress import Codec, GzipMembers, Identity
 from sink.credentials import resolve_config
 from sink.errors import ConflictError, NotFoundError, SinkError, TransportError
 from sink.logs import configure_logging
+from sink.plain_http import PlainHTTPTransport
 from sink.protocol import Endpoint, aws_endpoint, s3express_endpoint
 from sink.retry import RetryPolicy
 from sink.session import SESSION_TOKEN_HEADER, SIGNING_SERVICE, S3ExpressSessions
@@ -141,7 +142,9 @@ async def open_s3(opts: Options) -> AsyncIterator[tuple[S3Client, S3Client]]:
     keys = SigV4Auth(cfg.access_key_id, cfg.secret_access_key, cfg.region, session_token=cfg.session_token,
                      service=SIGNING_SERVICE if express else "s3", unsigned_payload=True)
     timeout = httpx.Timeout(120.0, connect=15.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=4)) as http:
+    # http:// (a server on this host or network): h11 straight on the socket, no CA bundle loaded for nothing.
+    transport = PlainHTTPTransport(4) if endpoint.scheme == "http" else None
+    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=4), transport=transport) as http:
         admin = S3Client(http, endpoint, auth=keys, addressing=opts.addressing, region=cfg.region)
         if not express:
             yield admin, admin

@@ -148,9 +148,16 @@ class ObjectWriter:
         log.info("object_opened", bucket=self.bucket, key=self.key, length=self.offset)
         return self.offset  # type: ignore[return-value]
 
-    async def append(self, data: bytes) -> int:
-        """Append ``data`` (encoded by the codec) and return the new remote length."""
+    async def append(self, data: bytes, *, crc32: int | None = None) -> int:
+        """Append ``data`` (encoded by the codec) and return the new remote length.
+
+        ``crc32``: ``data``'s CRC32, when the caller computed it off the event
+        loop (beside reading it); only with the identity codec, whose body is
+        ``data`` itself.  The whole body goes to one object (a roll-over moves
+        it, never splits it), so the value holds for every attempt."""
         with self._exclusive():
+            if crc32 is not None and not isinstance(self.codec, Identity):
+                raise ValueError(f"a precomputed CRC32 needs the identity codec, not {self.codec.name}")
             body = self.codec.encode(data)
             if self.offset is None:
                 await self._open()
@@ -166,7 +173,7 @@ class ObjectWriter:
                 return self._length
             if reason := self._roll_due(len(body)):
                 await self._roll(reason)
-            return await self._send(body)
+            return await self._send(body, crc32)
 
     async def resume(self, expected_length: int, pending: int | None) -> Reconciled:
         """Decide a recorded intent after a restart: the object should be
@@ -185,7 +192,7 @@ class ObjectWriter:
 
     # -- sending --------------------------------------------------------------
 
-    async def _send(self, body: bytes) -> int:
+    async def _send(self, body: bytes, crc32: int | None = None) -> int:
         """Send ``body`` at the known offset until it has landed exactly once."""
         size = len(body)
         await self._announce(size)
@@ -194,7 +201,8 @@ class ObjectWriter:
         while True:
             self.pending = size
             try:
-                ack = await self.client.append(self.bucket, self.key, self._length, body, checksum=self.checksum)
+                ack = await self.client.append(self.bucket, self.key, self._length, body, checksum=self.checksum,
+                                               crc32=crc32)
             except TooManyAppends:
                 self.pending = None  # refused before writing: nothing landed
                 if self._length == 0 and self.appends == 0:

@@ -123,11 +123,13 @@ class S3Client:
             raise RemoteError("HEAD answer has no valid Content-Length", code="BadResponse", status=response.status_code, bucket=bucket, key=key)
         return ObjectState(size, response.headers.get("etag"))
 
-    async def append(self, bucket: str, key: str, offset: int, body: bytes, *, checksum: bool = True) -> AppendAck:
-        """Append ``body`` at ``offset``. Raises OffsetMismatchError when the
-        server refuses the offset, TooManyAppends on ``TooManyParts``."""
+    async def append(
+        self, bucket: str, key: str, offset: int, body: bytes, *, checksum: bool = True, crc32: int | None = None
+    ) -> AppendAck:
+        """Append ``body`` at ``offset`` (``crc32``: the body's, if already known). Raises
+        OffsetMismatchError when the server refuses the offset, TooManyAppends on ``TooManyParts``."""
         url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
-        request = protocol.append_request(url, offset, body, self.checksum if checksum else "none")
+        request = protocol.append_request(url, offset, body, self.checksum if checksum else "none", crc32=crc32)
         response = await self.send(request, bucket, key, appending=True)
         reported = protocol.header_int(response.headers, protocol.OBJECT_SIZE_HEADER)
         new_size = reported if reported is not None else offset + len(body)

@@ -18,12 +18,12 @@ import hashlib
 import ipaddress
 import re
 import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
+from . import crc
 from .errors import ConfigError
 
 Addressing = Literal["auto", "path", "virtual"]
@@ -132,22 +132,28 @@ class Request:
     body: bytes = b""
 
 
-def checksum_headers(body: bytes, algorithm: Checksum) -> dict[str, str]:
+def checksum_headers(body: bytes, algorithm: Checksum, crc32: int | None = None) -> dict[str, str]:
     """The integrity header for ``body``: ``x-amz-checksum-crc32`` (base64 of
-    the big-endian CRC32) or ``Content-MD5`` (base64 of the MD5 digest)."""
+    the big-endian CRC32) or ``Content-MD5`` (base64 of the MD5 digest).
+    ``crc32``: the body's CRC32 if the caller already has it (computed off the
+    event loop, beside reading the body); used only for the CRC32 header."""
     if algorithm == "crc32":
-        return {"x-amz-checksum-crc32": base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()}
+        value = crc.crc32(body) if crc32 is None else crc32
+        return {"x-amz-checksum-crc32": base64.b64encode(value.to_bytes(4, "big")).decode()}
     if algorithm == "md5":
         return {"Content-MD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()}
     return {}
 
 
-def append_request(url: str, offset: int, body: bytes, checksum: Checksum = "crc32") -> Request:
+def append_request(
+    url: str, offset: int, body: bytes, checksum: Checksum = "crc32", *, crc32: int | None = None
+) -> Request:
     """PUT that appends ``body`` at byte ``offset``, with a fixed Content-Length
-    (S3 Express refuses chunked transfer encoding for appends)."""
+    (S3 Express refuses chunked transfer encoding for appends); ``crc32``: the
+    body's, if already known."""
     if offset < 0:
         raise ValueError(f"append offset must be >= 0, got {offset}")
-    headers = {OFFSET_HEADER: str(offset), "Content-Length": str(len(body)), **checksum_headers(body, checksum)}
+    headers = {OFFSET_HEADER: str(offset), "Content-Length": str(len(body)), **checksum_headers(body, checksum, crc32)}
     return Request("PUT", url, headers, body)
 
 
