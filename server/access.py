@@ -89,15 +89,20 @@ class AccessControl:
         # Only PutObject honours the offset header; on any other write it must not pass for an append.
         appending = operation == "PutObject" and request.header(WRITE_OFFSET) is not None
         target = query.get("prefix", "") if operation in LISTINGS else key
-        check = functools.partial(self._check, principal, operation, bucket, target, appending=appending)
-        check(object_exists=None)
+        # A write allowed even over an existing object needs no second look under the lock
+        # (the usual case: asking again is most of what access control costs a request).
+        decided = operation in REPLACING_WRITES and _allowed(principal, operation, bucket, target, appending)
+        if not decided:
+            self._check(principal, operation, bucket, target, appending=appending)
         if operation == "ListBuckets":
             return lambda ctx: handler(dataclasses.replace(ctx, storage=VisibleBuckets(ctx.storage, principal)))
         if operation == "CreateSession":
             return functools.partial(self._create_session, principal)
         bound: dict[str, Callable[..., None]] = {}
-        if operation in REPLACING_WRITES:
-            bound["authorize_write"] = lambda existing: check(object_exists=existing is not None)
+        if operation in REPLACING_WRITES and not decided:
+            bound["authorize_write"] = lambda existing: self._check(
+                principal, operation, bucket, target, appending=appending, object_exists=existing is not None
+            )
         if operation in SOURCE_READS:
             bound["authorize_read"] = lambda src_bucket, src_key: self._check(
                 principal, SOURCE_READS[operation], src_bucket, src_key, within=operation
@@ -138,6 +143,15 @@ class AccessControl:
         now = self._clock()
         self._session_grants = {k: v for k, v in self._session_grants.items() if v[1] > now}  # forget expired ones
         self._session_grants[session.access_key_id] = (principal, session.expires_at)
+
+
+def _allowed(principal: Principal, operation: str, bucket: str | None, target: str | None, appending: bool) -> bool:
+    """Whether the write is allowed even if the object exists (then it is allowed either way)."""
+    try:
+        authorize(principal, operation, bucket, target, appending=appending, object_exists=True)
+    except AccessDenied:
+        return False
+    return True
 
 
 @dataclasses.dataclass

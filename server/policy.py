@@ -55,6 +55,7 @@ session's bucket; ``ReadOnly`` sessions are capped at ``read``.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -68,9 +69,10 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
     METRICS = "metrics"  # scrape /_tailbucket/metrics only; no bucket access
 
-    @property
+    @functools.cached_property
     def level(self) -> int:
-        """Rank among the cumulative bucket roles (0: no bucket access)."""
+        """Rank among the cumulative bucket roles (0: no bucket access).  Kept on the
+        member once computed: an Enum's hash is a Python call, and every request asks."""
         return _LEVELS[self]
 
 
@@ -221,28 +223,39 @@ def authorize(
     the key exists now; None (not known yet) lets an ``append`` grant through,
     and the caller must ask again once it knows.
     """
-    rule, minimum = RULES.get(operation, (_BUCKET, Role.ADMIN))
-    appending = appending and operation == "PutObject"
+    rule, minimum = RULES.get(operation, _DEFAULT_RULE)
     if rule == _SERVICE:
         return
-    where = "/" + "/".join(p for p in (bucket, key_name) if p)
     if bucket is None:
-        raise AccessDenied(f"Access Denied: {principal.access_key_id} may not {operation} {where}")
+        raise _denied(principal, operation, bucket, key_name)
     target = key_name or ""
     if rule == _BUCKET:
         allowed = any(g.covers_bucket(bucket) and g.role.level >= minimum.level for g in principal.grants)
     elif rule in (_LISTING, _OBJECT):
         allowed = any(g.covers(bucket, target) and g.role.level >= minimum.level for g in principal.grants)
     else:  # _CREATE: an append grant may add, never replace existing bytes
-        levels = [g.role.level for g in principal.grants if g.covers(bucket, target)]
-        best = max(levels, default=0)
-        if best >= Role.WRITE.level or (best == Role.APPEND.level and (appending or object_exists is not True)):
+        best = max([g.role.level for g in principal.grants if g.covers(bucket, target)], default=0)
+        if best >= _WRITE_LEVEL or (best == _APPEND_LEVEL and (appending and operation == "PutObject" or object_exists is not True)):
             return
-        if best == Role.APPEND.level:
+        if best == _APPEND_LEVEL:
             hint = " (send x-amz-write-offset-bytes with the object's length)" if operation == "PutObject" else ""
+            where = _where(bucket, key_name)
             raise AccessDenied(
                 f"Access Denied: {principal.access_key_id} may append to {where} but not overwrite it by {operation}{hint}"
             )
         allowed = False
     if not allowed:
-        raise AccessDenied(f"Access Denied: {principal.access_key_id} may not {operation} {where}")
+        raise _denied(principal, operation, bucket, key_name)
+
+
+_DEFAULT_RULE = (_BUCKET, Role.ADMIN)
+_WRITE_LEVEL, _APPEND_LEVEL = _LEVELS[Role.WRITE], _LEVELS[Role.APPEND]
+
+
+def _where(bucket: str | None, key_name: str | None) -> str:
+    return "/" + "/".join(p for p in (bucket, key_name) if p)
+
+
+def _denied(principal: Principal, operation: str, bucket: str | None, key_name: str | None) -> AccessDenied:
+    """The refusal, its message built only when there is one to give."""
+    return AccessDenied(f"Access Denied: {principal.access_key_id} may not {operation} {_where(bucket, key_name)}")
