@@ -20,15 +20,16 @@ Tailers are poked in rounds, paced to the shipper's turn interval (reading
 more often than a stream can ship only costs CPU): each round stats every
 tailed path in one worker-thread call and notes the paths whose file grew or
 changed, and those the watcher named (a rename, a deletion, a rescan).  A
-noted stream is poked at once unless it already waits for a turn that is
-more than a round away: then it is read in the round before that turn, so
-each append carries what was written until just before it, and a thousand
-streams waiting seconds for their turns are read about twice per append
-rather than every round.  After a quiet round the pause doubles, up to
-half a second, so idle files cost next to nothing and a line after a quiet
-spell is still read within the second.  The watcher does not report writes:
-with a thousand busy files, one event per write cost more than all the
-reading.
+noted stream is poked at once unless it already waits for a turn: a waiting
+stream is read once more as its turn comes within ``LEAD`` (checked every
+``LEAD / 4``), whatever the rounds saw.  So a busy stream is
+read about twice per append (once to join the queue, once just before its
+turn) and each append carries what was written until ``LEAD`` before it,
+rather than three reads and up to a round old.  After a quiet round the
+pause doubles, up to half a second, so idle files cost next to nothing and
+a line after a quiet spell is still read within the second.  The watcher
+does not report writes: with a thousand busy files, one event per write
+cost more than all the reading.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ MAX_CHUNK = 1 * MiB
 MAX_POKE_PAUSE = 0.5  # seconds between two rounds at most (also after quiet rounds)
 MIN_POKE_PAUSE = 0.01  # seconds between two rounds at least: a lone stream is not stat'ed in a busy loop
 POKE_PAUSE_PER_FILE = 100e-6  # and 0.1 s per thousand files: a round's stats stay a few % of a core
+LEAD = 0.2  # seconds before its turn a waiting stream is read (the read must reach the shipper before the turn)
 FILE_THREADS = 4  # worker-thread hops under way at once for the tailers' reads and stats
 _Claims = dict[tuple[int, int], list[tuple[str, FileIdentity]]]
 _Look = tuple[int, int, int, int] | None  # (dev, inode, size, mtime) of what a path names; None: nothing
@@ -129,6 +131,7 @@ class Streams:
                 await self._start_found(range(len(self.inputs)))
                 await nursery.start(self._watch, self.scanner)
                 nursery.start_soon(self._poke_paced)
+                nursery.start_soon(self._poke_before_turns)
                 task_status.started()
 
     def stop(self) -> None:
@@ -208,29 +211,40 @@ class Streams:
             self._nursery.start_soon(self._open_stream, path, self.inputs[index], False, claims)
 
     async def _poke_paced(self) -> None:
-        """Rounds: note the paths that changed (or that the watcher named); poke those whose turn is near."""
+        """Rounds: note the paths that changed (or that the watcher named); poke those not waiting for a turn."""
         before: dict[str, _Look] = {}
-        owed: set[str] = set()  # changed since their tailer was last poked
         pause = MIN_POKE_PAUSE
         while True:
             paths = list(self._tailers)
             now = dict(zip(paths, await self._file_calls(look_all, paths)))
             changed = {path for path, look in now.items() if look != before.get(path)} | self._pokes
             self._pokes = set()
-            owed |= changed
             before = now
             # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
             # After a quiet round the pause doubles (up to MAX_POKE_PAUSE): idle files cost next to nothing.
             busy = max(MIN_POKE_PAUSE, POKE_PAUSE_PER_FILE * len(paths), self.shipper.turn_interval() / 2)
             pause = min(MAX_POKE_PAUSE, busy if changed else max(busy, 2 * pause))
-            later = self.shipper.waiting_beyond(math.ceil(2 * pause * self.shipper.rate))
-            for path in list(owed):
-                if path not in later:
-                    owed.discard(path)
-                    tailer = self._tailers.get(path)
-                    if tailer is not None:
-                        tailer.poke()
+            waiting = self.shipper.waiting_beyond(0)  # read as their turns come near (``_poke_before_turns``)
+            for path in changed - waiting:
+                tailer = self._tailers.get(path)
+                if tailer is not None:
+                    tailer.poke()
             await trio.sleep(pause)
+
+    async def _poke_before_turns(self) -> None:
+        """Read each waiting stream once more as its turn comes within ``LEAD``: its append carries what is new."""
+        near_before: set[str] = set()
+        while True:
+            near = set(self.shipper.waiting_within(self._lead_turns()))
+            for path in near - near_before:
+                tailer = self._tailers.get(path)
+                if tailer is not None:
+                    tailer.poke()
+            near_before = near
+            await trio.sleep(LEAD / 4)
+
+    def _lead_turns(self) -> int:
+        return math.ceil(LEAD * self.shipper.rate)
 
     def _startable(self, path: str) -> bool:
         return path not in self._tailers and path not in self._starting and path not in self._failed

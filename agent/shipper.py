@@ -148,6 +148,10 @@ class Shipper:
         """Streams waiting for a turn that comes after the next ``turns`` turns (the app reads those later)."""
         return set(itertools.islice(self._ready, turns, None))
 
+    def waiting_within(self, turns: int) -> list[str]:
+        """Streams whose turns come within the next ``turns`` turns, soonest first (the app reads them now)."""
+        return list(itertools.islice(self._ready, turns))
+
     async def resolve(self, stream: str) -> StreamState | None:
         """Open the stream's object and settle an append recorded before a restart (HEAD).
 
