@@ -6,11 +6,12 @@ bound with ``structlog.contextvars.bind_contextvars``.
 
 The JSON path is on every request of the server (one ``request`` line each),
 so it is kept short: one processor adds the level and timestamp and encodes
-with one reused encoder, and one logger per stream writes each line with a
-single write (``print`` writes the line and its newline separately when
-Python runs unbuffered).  Lines look exactly as structlog's own
-``add_log_level`` + ``TimeStamper(fmt="iso", utc=True)`` + ``JSONRenderer``
-make them.
+with orjson, and one logger per stream writes each line with a single write
+(``print`` writes the line and its newline separately when Python runs
+unbuffered).  Lines carry what structlog's own ``add_log_level`` +
+``TimeStamper(fmt="iso", utc=True)`` + ``JSONRenderer(serializer=orjson.dumps)``
+put in them (compact JSON, UTF-8 as is); what orjson refuses (an integer past
+64 bits) goes through the standard library's encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 from typing import Any, Literal, TextIO
 
+import orjson
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
@@ -36,17 +38,29 @@ def _fallback(obj: Any) -> Any:
         return repr(obj)
 
 
+# Keys that are not strings become strings, as with json; dataclasses and datetimes go to
+# ``_fallback`` (their repr), as with json, rather than being serialized by orjson.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 class JSONLines:
     """Processor: add ``level`` and an ISO-8601 UTC ``timestamp``, render one JSON line."""
 
     def __init__(self) -> None:
-        self._encode = json.JSONEncoder(default=_fallback, check_circular=False).encode
+        self._json = json.JSONEncoder(default=_fallback, check_circular=False).encode
         self._second: tuple[int, str] = (-1, "")  # (epoch second, its date and time): one object, so threads see a pair
 
     def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
         event_dict["level"] = _LEVEL_OF_METHOD.get(method_name, method_name)
         event_dict["timestamp"] = self._timestamp()
         return self._encode(event_dict)
+
+    def _encode(self, event_dict: dict[str, Any]) -> str:
+        """orjson: a tenth of the standard library's time for a request line."""
+        try:
+            return orjson.dumps(event_dict, default=_fallback, option=_ORJSON_OPTIONS).decode()
+        except TypeError:  # orjson.JSONEncodeError: e.g. an int past 64 bits
+            return self._json(event_dict)
 
     def _timestamp(self) -> str:
         """What ``datetime.now(timezone.utc).isoformat()`` with ``Z`` gives, the date
