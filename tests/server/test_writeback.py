@@ -1,0 +1,69 @@
+"""Large bodies' writeback: started every WRITEBACK_EVERY bytes, by its own thread (no writer waits for it)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from server import datafiles
+from server.datafiles import WRITEBACK_EVERY, DataFiles, PendingWrite, Writeback, start_writeback
+
+MiB = 1024 * 1024
+
+
+class Ranges:
+    """Stands in for the process's Writeback: records the ranges handed to it."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int, int]] = []
+
+    def start(self, fd: int, offset: int, length: int) -> None:
+        self.ranges.append((fd, offset, length))
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_large_body_hands_its_ranges_to_the_writeback(tmp_path: Path, monkeypatch, durable: bool) -> None:
+    ranges = Ranges()
+    monkeypatch.setattr(datafiles, "WRITEBACK", ranges)
+    files = DataFiles(tmp_path / "objects", durable=durable)
+    files.prepare()
+    base = 1000  # an append: past the committed length
+    fd = files.create("ab" * 16)
+    try:
+        pending = PendingWrite(files, "ab" * 16, fd, base, fresh=False)
+        piece = os.urandom(MiB)
+        for _ in range(2 * WRITEBACK_EVERY // MiB + 1):
+            pending.write_many([piece])
+        expected = [(fd, base, WRITEBACK_EVERY), (fd, base + WRITEBACK_EVERY, WRITEBACK_EVERY)] if durable else []
+        assert ranges.ranges == expected  # whole steps, in order, nothing left out between them
+        assert Path(files.path("ab" * 16)).read_bytes()[base + 2 * WRITEBACK_EVERY :] == piece
+    finally:
+        os.close(fd)
+
+
+def test_the_writeback_thread_serves_every_range_and_outlives_a_closed_fd(tmp_path: Path) -> None:
+    served: list[tuple[int, int, int]] = []
+    last_served = threading.Event()
+
+    def start(fd: int, offset: int, length: int) -> None:
+        start_writeback(fd, offset, length)  # the real call: a closed fd makes it fail, not raise
+        served.append((fd, offset, length))
+        if len(served) == 3:
+            last_served.set()
+
+    writeback = Writeback(start)
+    closed = os.open(tmp_path / "gone", os.O_WRONLY | os.O_CREAT)
+    os.close(closed)
+    fd = os.open(tmp_path / "data", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, os.urandom(2 * MiB))
+        writeback.start(fd, 0, MiB)
+        writeback.start(closed, 0, MiB)
+        writeback.start(fd, MiB, MiB)
+        assert last_served.wait(10)
+        assert served == [(fd, 0, MiB), (closed, 0, MiB), (fd, MiB, MiB)]
+    finally:
+        os.close(fd)
