@@ -115,9 +115,11 @@ def measure(size: int = 1024 * MiB, rounds: int = ROUNDS) -> list[tuple[str, str
             assert server.proc is not None
             env = client_env(AWS_ENDPOINT_URL=server.url, AWS_CONFIG_FILE=str(config))
             subprocess.run([str(BIN / "aws"), "s3", "mb", "s3://bench"], env=env, check=True, capture_output=True)
-            raw_s, aws, ours = 0.0, Side(), Side()
+            raw_s, raw_cpu, aws, ours = 0.0, 0.0, Side(), Side()
             for n in range(rounds):
+                before = cpu_seconds(server.proc.pid)
                 raw_s += raw_appends(server.port, size, f"raw{n}.bin")
+                raw_cpu += cpu_seconds(server.proc.pid) - before
                 for side, cmd in (
                     (aws, [str(BIN / "aws"), "s3", "cp", "--only-show-errors", str(source), f"s3://bench/aws{n}.bin"]),
                     (ours, [str(BIN / "tail-to-bucket"), "--quiet", str(source), f"s3://bench/tail{n}.bin"]),
@@ -135,7 +137,7 @@ def measure(size: int = 1024 * MiB, rounds: int = ROUNDS) -> list[tuple[str, str
     ceiling = rounds * size / raw_s / 1e6
     return [
         (f"raw {APPEND // MiB} MiB appends, {label} (load generator)", f"{ceiling:,.0f} MB/s",
-         f"ceiling for any appender ({rounds} alternating rounds)", ""),
+         f"ceiling for any appender ({rounds} alternating rounds), server CPU {raw_cpu / mib * 1e3:.2f} ms/MiB", ""),
         (f"aws s3 cp, {label} (one PUT)", f"{aws.mbs(rounds * size):,.0f} MB/s",
          f"peak RSS {aws.rss_mib:.0f} MiB, {aws.cpu_note(mib)}", ""),
         (f"tail-to-bucket, {label} ({APPEND // MiB} MiB appends, fsync)", f"{ours.mbs(rounds * size):,.0f} MB/s",
