@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -150,7 +149,7 @@ class BodyHasher:
     def update_others(self, data: bytes) -> None:
         self._digest = None
         self.size += len(data)
-        self._crc32 = zlib.crc32(data, self._crc32)
+        self._crc32 = checksums.crc32(data, self._crc32)
         if self.extra is not None:
             self.extra.update(data)
         if self.also is not None:
