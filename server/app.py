@@ -101,7 +101,8 @@ class S3App:
             path = unquote(request.path, errors="strict")
         except UnicodeDecodeError:
             raise InvalidArgument("The request path is not valid UTF-8.") from None
-        host = (request.header("host") or "").rsplit(":", 1)[0].lower() if "]" not in (request.header("host") or "") else ""
+        host = request.header("host") or ""
+        host = host.rsplit(":", 1)[0].lower() if "]" not in host else ""
         for domain in self.config.virtual_host_domains:
             if host.endswith("." + domain):
                 bucket, key = host[: -len(domain) - 1], path[1:]
@@ -110,7 +111,7 @@ class S3App:
             bucket, _, key = path[1:].partition("/")
         if not bucket:
             return None, None
-        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        if len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8")) > MAX_KEY_BYTES:  # at most 4 bytes a character
             raise KeyTooLongError(f"Your key is too long: {len(key.encode('utf-8'))} bytes (at most {MAX_KEY_BYTES}).")
         return bucket, key or None
 

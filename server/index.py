@@ -51,9 +51,10 @@ _OBJECT_COLUMNS = "bucket, key, file_id, size, etag, last_modified, content_type
 _ADDED_COLUMNS = (("objects", "checksum", "TEXT"), ("buckets", "owner", "TEXT"))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IndexedObject:
-    """An object's row: its public info plus the data file holding its bytes."""
+    """An object's row: its public info plus the data file holding its bytes.
+    Treated as immutable, but not frozen (see ObjectInfo): one is made per append."""
 
     info: ObjectInfo
     file_id: str

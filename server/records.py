@@ -65,9 +65,13 @@ class StoredChecksum:
 EXTENSIBLE = frozenset({"crc32", "crc32c", "crc64nvme"})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ObjectInfo:
-    """The committed state of one object (what HEAD shows)."""
+    """The committed state of one object (what HEAD shows).
+
+    Treated as immutable (a new one per write: the slot cache and responses share
+    them), but not frozen: a frozen dataclass sets each of its 11 fields through
+    ``object.__setattr__``, three times the cost of building one, on every append."""
 
     bucket: str
     key: str
@@ -82,7 +86,7 @@ class ObjectInfo:
     checksum: StoredChecksum | None = None  # None: the full-object CRC32 above is the checksum
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BodyDigest:
     """Size and checksums of one request's body, for the router's Content-MD5 /
     checksum checks and the object's next ETag.  ``md5`` is None when nobody
@@ -92,6 +96,7 @@ class BodyDigest:
     size: int
     md5: bytes | None
     crc32: int
+    # Not frozen (as ObjectInfo): one is made per request body; nobody changes one.
 
 
 @dataclass(frozen=True)
@@ -222,7 +227,7 @@ def append_etag(previous_etag: str, body: BodyDigest, appends: int) -> str:
 
     ``appends`` is the object's total write count after this append.
     """
-    previous_part = bytes.fromhex(previous_etag.split("-", 1)[0])
+    previous_part = bytes.fromhex(previous_etag.partition("-")[0])
     body_id = body.size.to_bytes(8, "big") + body.crc32.to_bytes(4, "big")
     return f"{hashlib.md5(previous_part + body_id).hexdigest()}-{appends}"
 
@@ -238,16 +243,7 @@ def appended_info(
     on (``BodyHasher.object_checksum``), None when it is dropped.
     """
     appends = current.appends + 1
-    return ObjectInfo(  # not dataclasses.replace: this is on every append's path, and 5x cheaper
-        bucket=current.bucket,
-        key=current.key,
-        size=current.size + digest.size,
-        etag=append_etag(current.etag, digest, appends),
-        last_modified=now,
-        content_type=current.content_type,
-        metadata=current.metadata,
-        system=current.system,
-        crc32=body_crc32_running,
-        appends=appends,
-        checksum=checksum,
+    return ObjectInfo(  # positional, not dataclasses.replace: this is on every append's path
+        current.bucket, current.key, current.size + digest.size, append_etag(current.etag, digest, appends), now,
+        current.content_type, current.metadata, current.system, body_crc32_running, appends, checksum,
     )
