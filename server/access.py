@@ -52,6 +52,7 @@ log = structlog.get_logger("tailbucket.server.access")
 Operation = Callable[[Context], Awaitable[Response]]
 LISTINGS = frozenset({"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListMultipartUploads"})
 SESSION_MODE = "x-amz-create-session-mode"
+MAX_REMEMBERED = 4096  # write decisions kept (forgotten all at once past this)
 
 
 class AccessControl:
@@ -63,6 +64,9 @@ class AccessControl:
         self._clock = clock
         self._session_grants: dict[str, tuple[Principal, float]] = {}  # session key id -> (grants, expires_at)
         self._keys: dict[str, Principal] = {}  # the keyring's principals, built once each
+        # (key id, operation, bucket, key, appending) -> allowed even over an existing object.
+        # A key id's grants never change (the keyring is fixed, a session's grants are its own).
+        self._overwrites: dict[tuple[str, str, str | None, str | None, bool], bool] = {}
 
     def __repr__(self) -> str:
         return f"AccessControl({self.keyring!r}, live_sessions={len(self._session_grants)})"
@@ -91,7 +95,16 @@ class AccessControl:
         target = query.get("prefix", "") if operation in LISTINGS else key
         # A write allowed even over an existing object needs no second look under the lock
         # (the usual case: asking again is most of what access control costs a request).
-        decided = operation in REPLACING_WRITES and _allowed(principal, operation, bucket, target, appending)
+        decided = False
+        if operation in REPLACING_WRITES:
+            # Remembered: an agent appends to the same few objects request after request.
+            asked = (principal.access_key_id, operation, bucket, target, appending)
+            decided = self._overwrites.get(asked)
+            if decided is None:
+                decided = _allowed(principal, operation, bucket, target, appending)
+                if len(self._overwrites) >= MAX_REMEMBERED:
+                    self._overwrites.clear()
+                self._overwrites[asked] = decided
         if not decided:
             self._check(principal, operation, bucket, target, appending=appending)
         if operation == "ListBuckets":

@@ -268,7 +268,7 @@ def authenticate(
     raise AccessDenied("Anonymous access is not allowed; sign the request with AWS Signature Version 4.")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Policy:
     """The S3 rules around ``check_signature``, for one request."""
 
@@ -305,12 +305,18 @@ class _Policy:
         secret = self.secret_for(auth.access_key_id, self.header(SESSION_TOKEN_HEADER))
         self.check_all_signed(auth.signed_headers)
 
-        def check(payload_hash: str) -> bytes:
-            return check_signature(method, path, query, headers, auth, secret, amz_date=amz_date, payload_hash=payload_hash)
-
         if payload == BODY_SIGNATURE_PENDING:
+
+            def check(payload_hash: str) -> bytes:
+                return check_signature(
+                    method, path, query, headers, auth, secret, amz_date=amz_date, payload_hash=payload_hash
+                )
+
             return AuthResult(auth.access_key_id, payload, body_signature=BodySignature(check))
-        key = check(declared if declared is not None else payload)
+        key = check_signature(
+            method, path, query, headers, auth, secret, amz_date=amz_date,
+            payload_hash=declared if declared is not None else payload,
+        )  # fmt: skip
         return _result(auth, payload, key, amz_date)
 
     def query_auth(
