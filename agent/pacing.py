@@ -31,6 +31,7 @@ from typing import Literal
 from agent.config import RollConfig
 
 _INDEX = re.compile(r"[1-9][0-9]*")
+TOKEN_SLACK = 1e-9  # a token this much short counts as whole (float sums; see ``TokenBucket.ready_at``)
 
 
 @dataclass
@@ -57,15 +58,24 @@ class TokenBucket:
     def take(self, now: float) -> bool:
         """Spend one token if there is one."""
         self._refill(now)
-        if self.tokens >= 1:
+        if self.tokens >= 1 - TOKEN_SLACK:
             self.tokens -= 1
             return True
         return False
 
     def ready_at(self, now: float) -> float:
-        """When the next token will be there (``now`` if it is)."""
+        """When the next token will be there (``now`` if it is).
+
+        Refills are sums of floats: at the time computed here the bucket may hold
+        0.9999999999999998 tokens, and that time plus the shortfall's share may
+        round back to the same float.  So ``take`` accepts a token short by
+        TOKEN_SLACK, and the time returned is always later than ``now``: a
+        dispatcher waiting for it cannot spin at one instant (it did, under a
+        MockClock, which does not move while tasks run)."""
         self._refill(now)
-        return now if self.tokens >= 1 else now + (1 - self.tokens) / self.rate
+        if self.tokens >= 1 - TOKEN_SLACK:
+            return now
+        return max(now + (1 - self.tokens) / self.rate, math.nextafter(now, math.inf))
 
 
 def turn_interval(active_streams: int, rate: float) -> float:
