@@ -260,6 +260,9 @@ class Shipper:
     async def _turn(self, lane: Lane) -> None:
         try:
             await self._ship(lane)
+            while self._goes_again(lane):
+                self.notify()
+                await self._ship(lane)
         finally:
             lane.busy = False
             self._running -= 1
@@ -267,6 +270,14 @@ class Shipper:
                 self._ready[lane.stream] = lane
             self._wakeup()
             self.notify()
+
+    def _goes_again(self, lane: Lane) -> bool:
+        """A lane whose next append is taken and recorded keeps its turn when no other lane waits and a
+        token is there: a busy lone stream's PUTs follow each other without a trip through the dispatcher
+        (a wake-up and a new task, while its read-ahead refills run first)."""
+        if lane.retry is None or lane.state.intent is None or lane.failed is not None or lane.blocked or self._ready:
+            return False
+        return self._draining or self._tokens.take(trio.current_time())
 
     # -- one append ----------------------------------------------------------------------
 
