@@ -5,7 +5,10 @@ length once it passes 1 MiB) and streaming an object snapshot out.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from functools import partial
 
 import trio
 
@@ -16,6 +19,7 @@ from server.records import BodyDigest, BodyHasher, KiB, MiB, ObjectInfo
 SPILL_SIZE = 1 * MiB  # body bytes held in memory before they go to the data file
 INLINE_HASH_LIMIT = 64 * KiB  # a larger remainder is hashed (and written) in a worker thread
 MAX_PIECE_CHUNKS = 512  # chunks in one pwritev (Linux takes up to IOV_MAX = 1024)
+AHEAD = 3  # pieces of a body queued for a worker thread, at most (each ~SPILL_SIZE)
 
 
 async def receive_body(
@@ -72,18 +76,16 @@ async def _spill(
     max_size: int,
 ) -> list[bytes]:  # fmt: skip
     """The rest of a large body, in ~SPILL_SIZE pieces (lists of the chunks as
-    received: never joined, written with one pwritev): while one piece arrives,
-    the ones before are hashed and written in worker threads; returns the chunks
-    after the last full piece.  A piece is handed over only once the workers are
-    done with the one before (unbuffered channels): at most two are in memory,
-    and every byte before the last full piece handed over is in the file.
+    received: never joined, written with one pwritev): while pieces arrive, the
+    ones before are hashed and written by worker threads (``_Lane``); returns the
+    chunks after the last full piece, once every piece before is in the file.
+    At most AHEAD pieces wait for a lane, so memory stays bounded.
 
-    A body whose MD5 is computed (a new object's ETag) gets two workers, one for
+    A body whose MD5 is computed (a new object's ETag) gets two lanes, one for
     the MD5 and one for the rest (CRCs, the write): MD5 runs at ~600 MB/s here,
     about as long as the rest together; in turn instead of at once they would
-    halve the rate.  Otherwise one worker does it all (one thread hop a piece).
-    Joining a piece's chunks would cost a copy and, past malloc's mmap
-    threshold, fresh pages each time."""
+    halve the rate.  Otherwise one lane does it all.  Joining a piece's chunks
+    would cost a copy and, past malloc's mmap threshold, fresh pages each time."""
 
     def md5(piece: list[bytes]) -> None:
         for chunk in piece:
@@ -94,22 +96,16 @@ async def _spill(
             hasher.update_others(chunk)
         pending.write_many(piece)
 
-    async def worker(pieces: trio.MemoryReceiveChannel[list[bytes]], work: Callable[[list[bytes]], None]) -> None:
-        async with pieces:
-            async for piece in pieces:
-                await trio.to_thread.run_sync(work, piece)
-
+    lanes = [_Lane(work) for work in ((md5, write) if hasher.computes_md5 else (write,))]
     chunks: list[bytes] = []
     try:
         async with trio.open_nursery() as nursery:
-            lanes = []
-            for work in (md5, write) if hasher.computes_md5 else (write,):
-                send, receive = trio.open_memory_channel[list[bytes]](0)
-                nursery.start_soon(worker, receive, work)
-                lanes.append(send)
+            threads = trio.CapacityLimiter(len(lanes))  # the body's own: never waits for the default threads
+            for lane in lanes:
+                nursery.start_soon(partial(trio.to_thread.run_sync, lane.run, limiter=threads))
             try:
                 for lane in lanes:
-                    await lane.send(first)
+                    await lane.put(first)
                 buffered = 0
                 async for chunk in stream:
                     if not chunk:
@@ -121,15 +117,72 @@ async def _spill(
                     chunks.append(chunk)
                     if buffered >= SPILL_SIZE or len(chunks) >= MAX_PIECE_CHUNKS:
                         for lane in lanes:
-                            await lane.send(chunks)
+                            await lane.put(chunks)
                         chunks = []
                         buffered = 0
             finally:
                 for lane in lanes:
-                    lane.close()
-    except BaseExceptionGroup as group:  # one task failed (the others were cancelled): raise its error as is
+                    lane.end()  # the thread finishes what is queued, then returns
+    except BaseExceptionGroup as group:  # raise the failure as is (the threads themselves never raise)
         raise _first_leaf(group) from None
+    for lane in lanes:
+        lane.raise_failure()
     return chunks
+
+
+class _Lane:
+    """A worker thread that runs ``work`` on a large body's pieces, in order, as they are queued.
+
+    Why not a ``trio.to_thread`` call per piece: each call wakes a sleeping thread,
+    and on a busy machine that wake-up (a core, then the GIL) took longer than the
+    work; the body's receiving waited for it (measured: a 64 MiB body's receiving
+    stalled ~40-100 ms for ~25 ms of work).  This thread goes on while pieces are
+    queued, and the event loop waits only when AHEAD pieces are (woken by the thread
+    through ``run_sync_soon``).  The first failure is kept: later pieces are skipped,
+    ``put`` raises it, and so does ``raise_failure`` once the thread is done.
+    """
+
+    def __init__(self, work: Callable[[list[bytes]], None]) -> None:
+        self._work = work
+        self._pieces: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._queued = 0  # pieces put and not yet done with
+        self._room: trio.Event | None = None  # set when a piece is done, if the event loop waits for one
+        self._failure: BaseException | None = None
+
+    def run(self) -> None:
+        """The thread: every queued piece, until ``end``."""
+        while (piece := self._pieces.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._work(piece)
+                except BaseException as exc:
+                    self._failure = exc
+            with self._lock:
+                self._queued -= 1
+                room, self._room = self._room, None
+            if room is not None:
+                self._token.run_sync_soon(room.set)
+
+    async def put(self, piece: list[bytes]) -> None:
+        """Queue ``piece`` (after waiting while AHEAD are queued)."""
+        while True:
+            self.raise_failure()
+            with self._lock:
+                if self._queued < AHEAD:
+                    self._queued += 1
+                    break
+                room = self._room = trio.Event()
+            await room.wait()
+        self._pieces.put(piece)
+
+    def end(self) -> None:
+        self._pieces.put(None)
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

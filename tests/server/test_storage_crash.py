@@ -15,7 +15,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from server.records import MiB
+from server.bodies import AHEAD, SPILL_SIZE
 from server.storage import Storage, open_storage
 from tests.server.crash_appender import BUCKET, KEY
 
@@ -123,8 +123,9 @@ async def _follow_until_mid_append(
     stream: trio.abc.ReceiveStream, committed: list[tuple[int, int, str]]
 ) -> tuple[int, int, str]:
     """Read the appender's progress, recording acks in ``committed``, until it has
-    acknowledged two appends and handed >= 2 MiB of the next body to the storage;
-    returns that in-flight append."""
+    acknowledged two appends and handed enough of the next body to the storage that
+    part of it must be in the data file (all but the last AHEAD pieces handed over
+    are); returns that in-flight append."""
     in_flight: tuple[int, int, str] | None = None
     acks = 0
     async with aclosing(_lines(stream)) as lines:
@@ -136,7 +137,7 @@ async def _follow_until_mid_append(
                 assert in_flight == (int(fields[0]), int(fields[1]), fields[2])
                 committed.append(in_flight)
                 in_flight, acks = None, acks + 1
-            elif kind == "fed" and acks >= 2 and int(fields[0]) >= 2 * MiB:
+            elif kind == "fed" and acks >= 2 and int(fields[0]) >= (AHEAD + 1) * SPILL_SIZE:
                 assert in_flight is not None
                 return in_flight
     raise AssertionError("the appender stopped")
