@@ -32,7 +32,7 @@ from agent.tail_to_bucket import is_directory_bucket
 from sink.client import S3Client
 from sink.credentials import resolve_config
 from sink.errors import RemoteError, SinkError
-from sink.plain_http import PlainHTTPTransport
+from sink.plain_http import Answer, PlainHTTPTransport, Timeouts
 from sink.protocol import Endpoint, aws_endpoint, s3express_endpoint
 from sink.session import SESSION_TOKEN_HEADER, SIGNING_SERVICE, S3ExpressSessions, SessionGrant
 from sink.sigv4 import SigV4Auth
@@ -93,11 +93,23 @@ class SinkHealth:
 
 
 class HealthTransport(httpx.AsyncBaseTransport):
-    """Passes requests to ``inner`` and tells ``health`` how each one went."""
+    """Passes requests to ``inner`` and tells ``health`` how each one went
+    (``exchange`` too, the client's direct path, when ``inner`` is a ``PlainHTTPTransport``)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, health: SinkHealth) -> None:
         self.inner = inner
         self.health = health
+
+    async def exchange(self, method: str, url: httpx.URL, headers: list[tuple[str, str]], body: bytes,
+                       timeouts: Timeouts) -> Answer:
+        assert isinstance(self.inner, PlainHTTPTransport)
+        try:
+            answer = await self.inner.exchange(method, url, headers, body, timeouts)
+        except httpx.TransportError as exc:
+            self.health.no_answer(f"{type(exc).__name__}: {exc or 'no details'}")
+            raise
+        self.health.answered(answer.status_code)
+        return answer
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -149,8 +161,10 @@ async def open_s3(
         inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections,
                                                              max_keepalive_connections=max_connections))
     timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
-    async with httpx.AsyncClient(transport=HealthTransport(inner, health), timeout=timeout) as http:
-        admin = S3Client(http, endpoint, auth=keys, addressing=sink.addressing, region=cfg.region)
+    wrapped = HealthTransport(inner, health)
+    direct = wrapped if isinstance(inner, PlainHTTPTransport) else None  # no httpx objects per request
+    async with httpx.AsyncClient(transport=wrapped, timeout=timeout) as http:
+        admin = S3Client(http, endpoint, auth=keys, addressing=sink.addressing, region=cfg.region, direct=direct)
         if not express:
             yield admin
             return
@@ -161,7 +175,7 @@ async def open_s3(
                              unsigned_payload=True)
 
         sessions = S3ExpressSessions(admin, signer=session_signer)
-        yield S3Client(http, endpoint, auth=sessions, addressing=sink.addressing, region=cfg.region)
+        yield S3Client(http, endpoint, auth=sessions, addressing=sink.addressing, region=cfg.region, direct=direct)
 
 
 def probe_key(host: str) -> str:

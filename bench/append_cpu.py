@@ -2,13 +2,14 @@
 
 An agent following a thousand files makes hundreds of 1 kB appends a second,
 so the client's CPU per request, not its bandwidth, is what it budgets.
-Three ways, each an ``ObjectWriter`` appending 1,000-byte bodies to 100
+Four ways, each an ``ObjectWriter`` appending 1,000-byte bodies to 100
 objects over 4 connections (the agent's ``max_in_flight``), against one fresh
 server, in alternating rounds so all see the same neighbours:
 
 * ``AsyncClient.send`` with httpx's own transport (the client before issue 5);
 * straight to httpx's transport (what an https endpoint gets);
-* straight to ``PlainHTTPTransport`` (what an http endpoint gets).
+* straight to ``PlainHTTPTransport`` through httpx's request and response objects;
+* ``PlainHTTPTransport.exchange``, no httpx objects (what an http endpoint gets).
 
 The figure is this process's CPU time (user + system, so the kernel's share
 of the loopback sends counts) per acknowledged append.
@@ -53,9 +54,10 @@ class _ClientLevelAuth(httpx.Auth):
 def _client(url: str, way: str) -> tuple[httpx.AsyncClient, S3Client]:
     signer = SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION, unsigned_payload=True)
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    if way == "plain":
-        http = httpx.AsyncClient(transport=PlainHTTPTransport(CONNECTIONS), timeout=60)
-        return http, S3Client(http, url, auth=signer)
+    if way in ("plain", "direct"):
+        transport = PlainHTTPTransport(CONNECTIONS)
+        http = httpx.AsyncClient(transport=transport, timeout=60)
+        return http, S3Client(http, url, auth=signer, direct=transport if way == "direct" else None)
     http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=limits), timeout=60,
                              auth=_ClientLevelAuth(signer) if way == "classic" else None)
     return http, S3Client(http, url, auth=None if way == "classic" else signer)
@@ -84,7 +86,8 @@ async def _round(url: str, way: str, prefix: str, appends: int) -> tuple[float, 
 WAYS = {
     "classic": "AsyncClient.send, httpx's transport (before)",
     "httpx": "straight to httpx's transport (https endpoints)",
-    "plain": "straight to PlainHTTPTransport (http endpoints)",
+    "plain": "straight to PlainHTTPTransport, httpx objects",
+    "direct": "PlainHTTPTransport.exchange (http endpoints)",
 }
 
 

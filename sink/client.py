@@ -12,8 +12,11 @@ encoding, which S3 Express refuses for appends.
 A request signed with ``SigV4Auth`` (every request the sink makes) goes
 straight to the client's transport: httpx's redirect, cookie and auth-flow
 machinery costs a third of a millisecond per request and does nothing for
-S3 (no redirects followed, no cookies).  Anything else goes through
-``AsyncClient.send``.
+S3 (no redirects followed, no cookies).  Given a ``direct`` exchange (an
+http:// endpoint's ``PlainHTTPTransport``, maybe behind the agent's health
+wrapper) they skip httpx's request and response objects too: signed
+headers go to h11 as a list and the answer comes back as an ``Answer``.
+Anything else goes through ``AsyncClient.send``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .errors import (
     TooManyAppends,
     TransportError,
 )
+from .plain_http import Answer, Timeouts, timeouts_of
 from .protocol import Addressing, Checksum, Endpoint, Outcome
 from .sigv4 import SigV4Auth
 
@@ -48,6 +52,13 @@ class BucketAuth(Protocol):
     """Auth that depends on the bucket (S3 Express sessions are per bucket)."""
 
     def auth_for(self, bucket: str) -> httpx.Auth: ...
+
+
+class DirectExchange(Protocol):
+    """A round trip without httpx's objects (``PlainHTTPTransport.exchange``)."""
+
+    async def exchange(self, method: str, url: httpx.URL, headers: list[tuple[str, str]], body: bytes,
+                       timeouts: Timeouts) -> Answer: ...
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,10 @@ class S3Client:
         addressing: Addressing = "auto",
         checksum: Checksum = "crc32",
         region: str | None = None,
+        direct: DirectExchange | None = None,
     ) -> None:
         self._http = http
+        self._direct = direct
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
         self._auth = auth
         self.addressing: Addressing = addressing
@@ -102,7 +115,9 @@ class S3Client:
         self.last_error: str | None = None
         self._per_bucket = isinstance(auth, BucketAuth)  # a runtime Protocol check is slow: once
         self._timeout = http.timeout.as_dict()
+        self._timeouts = timeouts_of(self._timeout)
         self._urls: dict[str, httpx.URL] = {}  # parsed once per object: parsing costs more than signing
+        self._object_urls: dict[tuple[str, str], str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -114,7 +129,7 @@ class S3Client:
 
     async def head_object(self, bucket: str, key: str) -> ObjectState | None:
         """The object's size and ETag, or None if it does not exist."""
-        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        url = self._object_url(bucket, key)
         response = await self.send(protocol.Request("HEAD", url), bucket, key, missing_ok=True)
         if response.status_code == 404:
             return None
@@ -128,7 +143,7 @@ class S3Client:
     ) -> AppendAck:
         """Append ``body`` at ``offset`` (``crc32``: the body's, if already known). Raises
         OffsetMismatchError when the server refuses the offset, TooManyAppends on ``TooManyParts``."""
-        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        url = self._object_url(bucket, key)
         request = protocol.append_request(url, offset, body, self.checksum if checksum else "none", crc32=crc32)
         response = await self.send(request, bucket, key, appending=True)
         reported = protocol.header_int(response.headers, protocol.OBJECT_SIZE_HEADER)
@@ -137,13 +152,13 @@ class S3Client:
 
     async def put_object(self, bucket: str, key: str, body: bytes, *, checksum: bool = True) -> str | None:
         """Create or replace the object; returns its ETag."""
-        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        url = self._object_url(bucket, key)
         response = await self.send(protocol.put_request(url, body, self.checksum if checksum else "none"), bucket, key)
         return response.headers.get("etag")
 
     async def get_object(self, bucket: str, key: str, range: tuple[int, int | None] | None = None) -> bytes:
         """The whole object (or a byte range) in memory: for small objects and tests."""
-        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        url = self._object_url(bucket, key)
         response = await self.send(protocol.get_request(url, range), bucket, key)
         return response.content
 
@@ -158,7 +173,7 @@ class S3Client:
 
     async def delete_object(self, bucket: str, key: str) -> None:
         """Delete the object (S3 answers 204 whether or not it existed)."""
-        url = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        url = self._object_url(bucket, key)
         await self.send(protocol.Request("DELETE", url), bucket, key)
 
     # -- plumbing -----------------------------------------------------------
@@ -168,6 +183,15 @@ class S3Client:
             return self._auth.auth_for(bucket)  # type: ignore[union-attr]
         return self._auth  # type: ignore[return-value]
 
+    def _object_url(self, bucket: str, key: str) -> str:
+        """The object's URL, built once per object (deciding the addressing parses the host)."""
+        url = self._object_urls.get((bucket, key))
+        if url is None:
+            if len(self._object_urls) >= MAX_CACHED_URLS:
+                self._object_urls.clear()
+            url = self._object_urls[bucket, key] = protocol.object_url(self.endpoint, bucket, key, self.addressing)
+        return url
+
     def _url(self, url: str) -> httpx.URL:
         parsed = self._urls.get(url)
         if parsed is None:
@@ -176,8 +200,10 @@ class S3Client:
             parsed = self._urls[url] = httpx.URL(url)
         return parsed
 
-    async def _exchange(self, req: protocol.Request, auth: httpx.Auth | None) -> httpx.Response:
+    async def _exchange(self, req: protocol.Request, auth: httpx.Auth | None) -> httpx.Response | Answer:
         """One request, one answer (read whole): straight to the transport when we sign it ourselves."""
+        if self._direct is not None and isinstance(auth, SigV4Auth):
+            return await self._exchange_direct(req, auth)
         transport_for = getattr(self._http, "_transport_for_url", None)  # httpx's mount lookup (private: guarded)
         if not isinstance(auth, SigV4Auth) or self._http.auth is not None or transport_for is None:
             request = self._http.build_request(req.method, req.url, headers=req.headers, content=req.body)
@@ -194,6 +220,18 @@ class S3Client:
             await response.aclose()
         return response
 
+    async def _exchange_direct(self, req: protocol.Request, auth: SigV4Auth) -> Answer:
+        """Headers as a list (names lower-case), signed, to the direct exchange."""
+        assert self._direct is not None
+        url = self._url(req.url)
+        headers = [("host", url.netloc.decode("ascii"))]
+        headers += [(name.lower(), value) for name, value in req.headers.items()]
+        if req.body and "content-length" not in {name for name, _ in headers}:
+            headers.append(("content-length", str(len(req.body))))
+        raw_path, _, raw_query = url.raw_path.partition(b"?")
+        headers += auth.headers_for(req.method, raw_path, raw_query, headers, req.body)
+        return await self._direct.exchange(req.method, url, headers, req.body, self._timeouts)
+
     async def send(
         self,
         req: protocol.Request,
@@ -202,7 +240,7 @@ class S3Client:
         *,
         appending: bool = False,
         missing_ok: bool = False,
-    ) -> httpx.Response:
+    ) -> httpx.Response | Answer:
         """Send one request; return a 2xx (or a wanted 404), raise the rest.
 
         Public for operations this class does not wrap (S3 Express
@@ -225,7 +263,7 @@ class S3Client:
             return response
         raise self._error(response, bucket, key, appending=appending)
 
-    def _error(self, response: httpx.Response, bucket: str, key: str | None, *, appending: bool) -> Exception:
+    def _error(self, response: httpx.Response | Answer, bucket: str, key: str | None, *, appending: bool) -> Exception:
         info = protocol.parse_error(response.status_code, response.content, response.headers)
         self.last_error = info.code
         outcome = protocol.classify(info.status, info.code, appending=appending)
