@@ -10,7 +10,10 @@ of active streams by itself: one busy stream appends as soon as its previous
 append is answered (up to ``rate`` times a second), ten streams each get a
 tenth of the rate, a thousand each wait about ``1000 / rate`` seconds and
 send a thousand times fewer requests than they would at a fixed age limit.
-A full batch (``batch.max_bytes``) never waits for its age either.
+A full batch (``batch.max_bytes``) never waits for its age either, and a
+stream that is behind (a full append's worth waiting) takes no token: waiting
+would not make its append any bigger, so it appends as fast as the server
+answers and its CPU follows its bytes.
 
 Roll-over.  A stream's object is ``base`` (the rendered key template), then
 ``base.part1``, ``base.part2``...  when a ``roll`` limit is reached; when the
