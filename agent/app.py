@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -36,10 +37,11 @@ from agent.batcher import Batch, BatchRules, Chunk, run_batcher
 from agent.checkpoint import open_checkpoint
 from agent.config import AgentConfig, load_config
 from agent.connect import SinkHealth, open_s3, probe_bucket, probe_key
+from agent.cpu_budget import AppendRate
 from agent.discovery import Streams
 from agent.errors import ConfigError
 from agent.metrics import CONTENT_TYPE, AgentMetrics, lag_bytes
-from agent.shipper import Shipper
+from agent.shipper import APPEND_RATE, Shipper
 from agent.status import Reply, serve_status
 from agent.tail_to_bucket import is_directory_bucket
 from agent.tailer import ReadAheadBudget
@@ -52,6 +54,9 @@ LINGER = 0.01  # seconds a batch collects lines before the shipper may take it (
 PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
 STATUS_INTERVAL = 5.0  # seconds between STATUS= lines to systemd
 BATCH_QUEUE = 64  # batches between the batcher and the shipper
+CPU_BUDGET = 0.4  # cores the agent sizes its append rate to (agent.cpu_budget), of the 0.5 it may use
+MAX_APPEND_RATE = 2000.0  # appends a second at most, however cheap they get
+RATE_WINDOW = 2.0  # seconds between two looks at the CPU an append costs
 RESTART_ONLY = ("sink", "batch", "state_dir", "http", "log", "host", "watch", "poll_interval", "rescan_interval",
                 "partial_line_timeout", "shutdown_timeout", "max_in_flight", "max_read_ahead")
 
@@ -113,6 +118,7 @@ class Agent:
                 self.status_address = await root.start(serve_status, host, port, self._respond)
                 root.start_soon(self._probe_sink, client)
                 root.start_soon(self._hold_reading_while_unready, budget)
+                root.start_soon(self._pace_by_cpu, shipper)
                 await root.start(self._run_shipper, shipper, batches_out, shipped)
                 rules = BatchRules(cfg.batch.max_bytes, min(LINGER, cfg.batch.max_wait))
                 await root.start(run_batcher, chunks_out, batches_in, rules)
@@ -208,6 +214,22 @@ class Agent:
                     nursery.cancel_scope.cancel()
             finally:
                 budget.release(held)
+
+    async def _pace_by_cpu(self, shipper: Shipper) -> None:
+        """Every RATE_WINDOW, size the shipper's append rate to CPU_BUDGET over the CPU an append costs now."""
+        pacing = AppendRate(CPU_BUDGET, floor=APPEND_RATE, ceiling=MAX_APPEND_RATE)
+        cpu, appends = time.process_time(), self.metrics.appends_made()
+        while True:
+            await trio.sleep(RATE_WINDOW)
+            cpu_now, appends_now = time.process_time(), self.metrics.appends_made()
+            made = appends_now - appends
+            held_back = made >= 0.9 * pacing.rate * RATE_WINDOW and bool(shipper.waiting_within(1))
+            before = pacing.rate
+            if pacing.update(cpu_now - cpu, made, held_back) != before:
+                shipper.set_rate(pacing.rate)
+                log.debug(events.APPEND_RATE_SET, rate=round(pacing.rate), cpu=round((cpu_now - cpu) / RATE_WINDOW, 3),
+                          appends=made)
+            cpu, appends = cpu_now, appends_now
 
     # -- the status endpoint ------------------------------------------------------------------
 

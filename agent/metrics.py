@@ -98,6 +98,10 @@ class AgentMetrics:
         self.read_ahead = Gauge("tailbucket_agent_read_ahead_bytes", "Bytes read and not yet acknowledged.", registry=r)
         self.sink_ready = Gauge("tailbucket_agent_sink_ready", "1 while the sink answers, 0 while it does not.", registry=r)
 
+    def appends_made(self) -> int:
+        """Acknowledged appends so far (the app sizes the append rate by their CPU)."""
+        return int(self.registry.get_sample_value("tailbucket_agent_appends_total") or 0)
+
     def watch_read_ahead(self, in_use: Callable[[], float]) -> None:
         self.read_ahead.set_function(in_use)
 
