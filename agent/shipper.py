@@ -239,7 +239,7 @@ class Shipper:
             self._wake = trio.Event()
             now = trio.current_time()
             # The first ready lanes only (no copy of all of them: a thousand wait while tokens are out).
-            while self._ready and self._running < self._max_turns and (self._draining or self._tokens.take(now)):
+            while self._ready and self._running < self._max_turns and self._may_go(next(iter(self._ready.values())), now):
                 _, lane = self._ready.popitem(last=False)
                 lane.busy = True
                 self._running += 1
@@ -249,7 +249,7 @@ class Shipper:
                 return
             wake_at = math.inf
             if self._ready and self._running < self._max_turns:
-                wake_at = now if self._draining else self._tokens.ready_at(now)
+                wake_at = self._tokens.ready_at(now)  # the first lane is not behind (else it would have gone)
             with trio.move_on_at(wake_at):
                 await self._wake.wait()
 
@@ -281,7 +281,25 @@ class Shipper:
         (a wake-up and a new task, while its read-ahead refills run first)."""
         if lane.retry is None or lane.state.intent is None or lane.failed is not None or lane.blocked or self._ready:
             return False
-        return self._draining or self._tokens.take(trio.current_time())
+        return self._may_go(lane, trio.current_time())
+
+    def _may_go(self, lane: Lane, now: float) -> bool:
+        """Its append may start now: draining, or the lane is behind, or a token is there.
+
+        A lane behind (a full append's worth or more waiting) takes no token: the
+        rate exists so that waiting streams gather their lines into fewer appends,
+        and its next append is as full as it can get however long it waits.  So a
+        busy stream appends as fast as the server answers (1 MiB appends at 200 a
+        second would cap it at ~210 MB/s), and its CPU grows with its bytes."""
+        if self._draining or self._behind(lane):
+            return True
+        return self._tokens.take(now)
+
+    def _behind(self, lane: Lane) -> bool:
+        waiting = lane.queued
+        if lane.retry is not None:
+            waiting += sum(b.size for b in lane.retry[0])
+        return waiting >= self.max_bytes
 
     # -- one append ----------------------------------------------------------------------
 
