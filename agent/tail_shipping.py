@@ -30,8 +30,8 @@ from agent.progress import ProgressBar
 from agent.tail_source import Failure, Options, Source, read_at
 from agent.tailer import BEGINNING, ReadAheadBudget, StartAt, Tailer
 from agent.units import MiB
-from sink.append import ObjectWriter
 from sink import crc
+from sink.append import ObjectWriter
 from sink.compress import Codec, Identity
 
 log = structlog.get_logger()
