@@ -34,8 +34,9 @@ async def receive_body(
 
     Up to SPILL_SIZE stays in memory; beyond that it goes to ``pending`` (past
     the committed length, invisible) in ~SPILL_SIZE writes, each hashed and
-    written in worker threads while the next is received (``_spill``).
-    Returns the last bytes, still to be written by the commit.  On any failure
+    written in worker threads while the next is received (``_spill``), the
+    last bytes too.  Returns the bytes still to be written by the commit (those
+    of a small body).  On any failure
     -- the body iterator raising (client gone), ``EntityTooLarge``,
     ``check_body`` refusing, cancellation -- the data file is put back before
     the exception propagates.
@@ -55,7 +56,8 @@ async def receive_body(
                 raise EntityTooLarge(MaxSizeAllowed=str(max_size))
             chunks.append(chunk)
             if buffered >= SPILL_SIZE:
-                chunks = await _spill(stream, chunks, hasher, pending, buffered, max_size)
+                await _spill(stream, chunks, hasher, pending, buffered, max_size)
+                chunks = []
                 break
         if sum(map(len, chunks)) > INLINE_HASH_LIMIT:
             await trio.to_thread.run_sync(_hash_and_write, hasher, pending, chunks)
@@ -74,12 +76,13 @@ async def receive_body(
 async def _spill(
     stream: AsyncIterator[bytes], first: list[bytes], hasher: BodyHasher, pending: PendingWrite, total: int,
     max_size: int,
-) -> list[bytes]:  # fmt: skip
+) -> None:  # fmt: skip
     """The rest of a large body, in ~SPILL_SIZE pieces (lists of the chunks as
     received: never joined, written with one pwritev): while pieces arrive, the
-    ones before are hashed and written by worker threads (``_Lane``); returns the
-    chunks after the last full piece, once every piece before is in the file.
-    At most AHEAD pieces wait for a lane, so memory stays bounded.
+    ones before are hashed and written by worker threads (``_Lane``); returns
+    once all of it, the last short piece too, is hashed and in the file (the
+    lanes take it: no thread hop of its own).  At most AHEAD pieces wait for a
+    lane, so memory stays bounded.
 
     A body whose MD5 is computed (a new object's ETag) gets two lanes, one for
     the MD5 and one for the rest (CRCs, the write): MD5 runs at ~600 MB/s here,
@@ -97,7 +100,7 @@ async def _spill(
         pending.write_many(piece)
 
     lanes = [_Lane(work) for work in ((md5, write) if hasher.computes_md5 else (write,))]
-    chunks: list[bytes] = []
+    chunks: list[bytes] = []  # the piece being received
     try:
         async with trio.open_nursery() as nursery:
             threads = trio.CapacityLimiter(len(lanes))  # the body's own: never waits for the default threads
@@ -120,6 +123,9 @@ async def _spill(
                             await lane.put(chunks)
                         chunks = []
                         buffered = 0
+                if chunks:
+                    for lane in lanes:
+                        await lane.put(chunks)
             finally:
                 for lane in lanes:
                     lane.end()  # the thread finishes what is queued, then returns
@@ -127,7 +133,6 @@ async def _spill(
         raise _first_leaf(group) from None
     for lane in lanes:
         lane.raise_failure()
-    return chunks
 
 
 class _Lane:
