@@ -1,0 +1,59 @@
+"""A waiting stream is read as its turn comes near and again as the turn begins (exact virtual time)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from agent.discovery import LEAD, Streams
+from agent.metrics import AgentMetrics
+from agent.tailer import ReadAheadBudget
+from tests.agent.agent_support import agent_config
+
+
+class _Shipper:
+    """The two things the pokes ask of the shipper: the turn order and the rate."""
+
+    rate = 10.0  # LEAD * rate = 2 turns are "near"
+
+    def __init__(self, ready: list[str]) -> None:
+        self.ready = ready
+
+    def waiting_within(self, turns: int) -> list[str]:
+        return self.ready[:turns]
+
+
+class _Tailer:
+    def __init__(self, name: str, pokes: Counter[str]) -> None:
+        self.name, self.pokes = name, pokes
+
+    def poke(self) -> None:
+        self.pokes[self.name] += 1
+
+
+async def test_each_waiting_stream_is_poked_as_it_comes_near_and_as_its_turn_begins(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    shipper = _Shipper(["a", "b", "c", "d"])
+    chunks, _ = trio.open_memory_channel(0)
+    streams = Streams(agent_config(tmp_path, "http://127.0.0.1:1", "logs"), shipper, None, ReadAheadBudget(1), chunks,  # type: ignore[arg-type]
+                      host="h", metrics=AgentMetrics())
+    pokes: Counter[str] = Counter()
+    streams._tailers = {name: _Tailer(name, pokes) for name in "abcd"}  # type: ignore[misc]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(streams._poke_before_turns)
+        await trio.sleep(LEAD)  # four looks: the first two turns are near, poked once however long they stay
+        assert pokes == Counter(a=1, b=1)
+        shipper.ready.remove("a")  # a's turn begins: c comes near
+        await trio.sleep(LEAD / 4)
+        assert pokes == Counter(a=2, b=1, c=1)
+        assert streams._poked_lately == {"a", "b", "c"}  # the next round leaves them be while their turns run
+        nursery.cancel_scope.cancel()
+
+
+def test_lead_is_a_small_part_of_a_second() -> None:
+    assert 0 < LEAD <= 0.25  # what an append carries is at most this old (plus the turn's own time)
