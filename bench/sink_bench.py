@@ -9,7 +9,7 @@ load generator (pre-signed heads, one reused body, no client work at all):
 what any appending client could reach against this server.  The aws CLI is told to use one PUT (our server has no
 multipart upload; its default 8 MiB multipart threshold is raised to 5 GB in
 a private config file), which is its fastest path to this server.  The peak
-RSS is the child's own high-water mark, from ``os.wait4``'s rusage.
+RSS is the child's own high-water mark (``HighWater``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,19 +51,48 @@ class Run:
     cpu: float
 
 
+class HighWater(threading.Thread):
+    """A child's own peak RSS: the VmHWM of its memory (fresh at its exec), sampled every 10 ms until it ends.
+
+    Why not ``os.wait4``'s ru_maxrss: Linux carries the parent's high-water mark into
+    a vfork'd child's (measured: ``python -c pass`` started by a 300 MiB parent
+    reports 311 MiB), so a bench that once held a large buffer would blame its child.
+    A peak in a child's last 10 ms could be missed."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self._status = Path(f"/proc/{pid}/status")
+        self.kib = 0
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        while not self.ended.wait(0.01):
+            try:
+                text = self._status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.kib = max(self.kib, int(line.split()[1]))
+
+
 def run_timed(cmd: list[str], env: dict[str, str]) -> Run:
     """Run one child process, which must succeed."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
+    high = HighWater(proc.pid)  # Popen returned: the child has exec'd, its memory is its own
+    high.start()
     assert proc.stderr is not None
     stderr = proc.stderr.read()
+    high.ended.set()
+    high.join()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {stderr.decode(errors='replace')[-500:]}")
-    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Run(seconds, high.kib / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def cpu_seconds(pid: int) -> float:
