@@ -142,10 +142,11 @@ async def open_s3(opts: Options) -> AsyncIterator[tuple[S3Client, S3Client]]:
     keys = SigV4Auth(cfg.access_key_id, cfg.secret_access_key, cfg.region, session_token=cfg.session_token,
                      service=SIGNING_SERVICE if express else "s3", unsigned_payload=True)
     timeout = httpx.Timeout(120.0, connect=15.0)
-    # http:// (a server on this host or network): h11 straight on the socket, no CA bundle loaded for nothing.
+    # http:// (a server on this host or network): h11 straight on the socket, no CA bundle loaded for
+    # nothing, and requests we sign skip httpx's request and response objects (S3Client's direct path).
     transport = PlainHTTPTransport(4) if endpoint.scheme == "http" else None
     async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=4), transport=transport) as http:
-        admin = S3Client(http, endpoint, auth=keys, addressing=opts.addressing, region=cfg.region)
+        admin = S3Client(http, endpoint, auth=keys, addressing=opts.addressing, region=cfg.region, direct=transport)
         if not express:
             yield admin, admin
             return
