@@ -1,28 +1,42 @@
 """Group commit: concurrent writes share their data flush, one SQLite
 transaction and one WAL fsync.
 
-Writes hand their jobs to one dedicated worker thread and park; the thread
-takes everything queued at once as one batch, so under load each flush and
-each commit carries many writes, and alone a write pays one of each.  The
+Writes hand their jobs to a dedicated worker thread and park; the thread takes
+everything queued at once as one batch, so under load each flush and each
+commit carries many writes, and alone a write pays one of each.  The
 hand-overs follow the turns of the event loop (``_TurnHandOver``): a turn's
 jobs go to the worker together just before the loop checks for I/O, and the
 writers of finished batches are resumed just after it; only an event loop that
 may be asleep is woken through ``TrioToken.run_sync_soon``.
 
-A batch, in order: write each job's last body bytes, make them durable with
-one flush (``DataFiles.sync_writes``) -- data must be on disk before the index
-says it is there -- then one transaction and COMMIT (the WAL fsync), then
-``after`` of each committed job (unlink replaced data files).
+A batch goes through two stages, each its own thread, in order:
 
-Why one thread, and why appends share one statement: the worker holds the GIL
-between its blocking calls, and every time it takes the GIL back while the
-trio thread is busy, the trio thread stalls and both switch (measured: ~10-15
-µs of the trio thread's CPU per hand-over, more than the work itself).  So a
-batch makes as few separate trips out of Python as it can: one wake-up, one
-write per job, one flush, one SQL statement for all its appends (in autocommit
-that statement is the whole transaction), one wake-up of trio.  Two threads
-(flush of one batch overlapping the commit of the one before) would add a
-hand-over per batch and win nothing while the trio thread is the bottleneck.
+1. the flusher writes each job's last body bytes and makes them durable with
+   one flush (``DataFiles.sync_writes``) -- data must be on disk before the
+   index says it is there;
+2. the indexer runs one transaction and COMMIT (the WAL fsync) for every
+   flushed batch waiting, then ``after`` of each committed job (unlink
+   replaced data files), and resumes the writers.
+
+Why two stages: each waits on the disk (a flush, then the WAL's fsync: ~1-3 ms
+each here), and with one thread a batch's data flush waited for the whole
+previous batch, index commit included.  With a fixed number of writers in
+flight (16 connections appending) that wait was most of an append's time:
+the event loop sat idle.  Now batch k+1's data flushes while batch k's index
+commits.  Measured with 16 connections of 1 KiB appends, alternating rounds
+against the single-thread committer in the same run on this (loaded) machine:
+993 -> 1,180 and 1,264 -> 1,726 appends/s, the event loop's CPU per append
+lower too (fewer idle wake-ups).  Nothing about durability changes: a batch's
+index commit starts only after its data flush, and an object is in at most
+one batch at a time (its writer holds the object's lock until the outcome).
+
+Why appends share one statement: a worker holds the GIL between its blocking
+calls, and every time it takes the GIL back while the trio thread is busy,
+the trio thread stalls and both switch (measured: ~10-15 µs of the trio
+thread's CPU per hand-over, more than the work itself).  So a batch makes as
+few separate trips out of Python as it can: one wake-up, one write per job,
+one flush, one SQL statement for all its appends (in autocommit that
+statement is the whole transaction), one wake-up of trio.
 
 In a transaction every other job's ``apply`` makes at most one changing
 statement, so a refused job (e.g. its bucket was just deleted) leaves no
@@ -118,8 +132,13 @@ class GroupCommitter:
         self._loop_may_sleep = False  # the event loop is in (or entering) an I/O wait that may block
         self._turns: _TurnHandOver | None = _TurnHandOver(self)
         trio.lowlevel.add_instrument(self._turns)
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="storage-committer")
-        self._thread.start()
+        self._flushed = _Pipe()  # batches whose data is durable, for the indexer
+        self._threads = [
+            threading.Thread(target=self._flush_batches, daemon=True, name="storage-flusher"),
+            threading.Thread(target=self._index_batches, daemon=True, name="storage-indexer"),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def __repr__(self) -> str:
         return f"GroupCommitter(batches={self.batches}, jobs={self.jobs}, closed={self._closed})"
@@ -159,8 +178,9 @@ class GroupCommitter:
     def close(self) -> None:
         """Finish the queued jobs and stop the thread (blocking: call from a worker thread)."""
         self._closed = True
-        self._inbox.close()
-        self._thread.join()
+        self._inbox.close()  # the flusher then closes the indexer's pipe
+        for thread in self._threads:
+            thread.join()
 
     # -- the event loop's side ---------------------------------------------------
 
@@ -188,18 +208,25 @@ class GroupCommitter:
 
     # -- the worker thread -------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _flush_batches(self) -> None:
+        """Stage 1: write and flush each batch's data, then hand it to the indexer."""
         while (batch := self._inbox.take()) is not None:
             try:
                 self._write_and_flush(batch)
                 self.batches += 1
                 self.jobs += len(batch)
+            except BaseException as exc:  # a bug: the outcome of these jobs is unknown
+                _failed(batch, exc)
+            self._flushed.put(batch)
+        self._flushed.close()
+
+    def _index_batches(self) -> None:
+        """Stage 2: commit every flushed batch waiting in one transaction, then resume its writers."""
+        while (batch := self._flushed.take()) is not None:
+            try:
                 self._commit_batch([job for job in batch if job.error is None])
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
-                log.error("storage_commit_thread_failed", error=repr(exc), jobs=len(batch))
-                for job in batch:
-                    if job.error is None:
-                        job.error = exc
+                _failed(batch, exc)
             self._finished(batch)
 
     def _finished(self, batch: list[CommitJob]) -> None:
@@ -299,6 +326,13 @@ class GroupCommitter:
             else:
                 _refuse([job], RuntimeError(f"append to {job.appended[6]}/{job.appended[7]} found no row for its data file"))  # type: ignore[index]
         return done
+
+
+def _failed(batch: list[CommitJob], exc: BaseException) -> None:
+    log.error("storage_commit_thread_failed", error=repr(exc), jobs=len(batch))
+    for job in batch:
+        if job.error is None:
+            job.error = exc
 
 
 def _refuse(jobs: list[CommitJob], exc: BaseException) -> None:

@@ -1,0 +1,61 @@
+"""The group committer's two stages: a batch's data is written and flushed while
+the batch before it is still committing to the index, and nothing is
+acknowledged before both stages are done with it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from server.committer import CommitJob
+from server.storage import ObjectInfo, Storage, open_storage
+
+
+async def body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture(params=[True, False], ids=["fsync", "nofsync"])
+async def storage(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    async with open_storage(tmp_path / "data", fsync=request.param) as opened:
+        await opened.create_bucket("b")
+        yield opened
+
+
+def data_file_sizes(storage: Storage) -> list[int]:
+    return sorted(p.stat().st_size for p in (storage.data_dir / "objects").glob("*/*"))
+
+
+async def test_a_batch_is_flushed_while_the_one_before_commits_to_the_index(storage: Storage) -> None:
+    await storage.write_object("b", "k", body(b"first"), offset=0)
+    indexing, release = threading.Event(), threading.Event()
+
+    def slow_index_step(conn: object) -> None:  # runs in the indexer, holding it
+        indexing.set()
+        release.wait(60)  # longer than the deadline below: only the test lets it go
+
+    appended: list[ObjectInfo] = []
+
+    async def append() -> None:
+        appended.append(await storage.write_object("b", "k", body(b"-second"), offset=5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(storage._committer.run, CommitJob(apply=slow_index_step))
+        assert await trio.to_thread.run_sync(indexing.wait, 10)
+        nursery.start_soon(append)
+        try:
+            # The flusher offers no event to wait on: look at the data file until the
+            # append's bytes are in it, within a deadline, while the indexer is held.
+            with trio.fail_after(5):
+                while data_file_sizes(storage) != [12]:
+                    await trio.sleep(0.005)
+            assert not appended  # written and flushed, not acknowledged: its index commit waits
+        finally:
+            release.set()
+    assert appended[0].size == 12
+    async with storage.open_reader("b", "k") as reader:
+        assert b"".join([chunk async for chunk in reader.stream()]) == b"first-second"
