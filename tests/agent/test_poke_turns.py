@@ -46,7 +46,8 @@ async def test_each_waiting_stream_is_poked_as_it_comes_near_and_as_its_turn_beg
     streams._tailers = {name: _Tailer(name, pokes) for name in "abcd"}  # type: ignore[misc]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(streams._poke_before_turns)
-        await trio.sleep(LEAD)  # four looks: the first two turns are near, poked once however long they stay
+        # Looks at 0, LEAD/4, LEAD/2...; the test acts between two of them (a tie's order is trio's to choose).
+        await trio.sleep(LEAD + LEAD / 8)  # five looks: the first two turns are near, poked once however long they stay
         assert pokes == Counter(a=1, b=1)
         shipper.ready.remove("a")  # a's turn begins: c comes near
         await trio.sleep(LEAD / 4)
