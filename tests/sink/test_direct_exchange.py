@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from agent.connect import HealthTransport, SinkHealth
-from sink.append import ObjectWriter
 from sink.client import S3Client
-from sink.errors import NotFoundError, OffsetMismatchError, TransportError
+from sink.errors import OffsetMismatchError, TransportError
 from sink.plain_http import PlainHTTPTransport
 from sink.sigv4 import SigV4Auth
+from tests.sink.test_plain_http import append_read_and_miss
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY
 
 
@@ -36,19 +36,9 @@ async def test_the_sinks_requests_take_the_direct_path(server, bucket: str) -> N
         async with httpx.AsyncClient(transport=httpx.MockTransport(_no_httpx), timeout=30) as http:
             client = S3Client(http, server.url, auth=SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION, unsigned_payload=True),
                               direct=transport)
-            writer = ObjectWriter(client, bucket, "direct/one.log")
-            await writer.open()
-            for i in range(5):
-                await writer.append(f"line {i}\n".encode())
-            expected = b"".join(f"line {i}\n".encode() for i in range(5))
-            assert await client.get_object(bucket, "direct/one.log") == expected
-            assert (await client.head_object(bucket, "direct/one.log")).size == len(expected)  # type: ignore[union-attr]
-            assert await client.head_object(bucket, "direct/none.log") is None
+            await append_read_and_miss(client, bucket, "direct", 5)
             with pytest.raises(OffsetMismatchError):
                 await client.append(bucket, "direct/one.log", 3, b"not at the end\n")
-            with pytest.raises(NotFoundError) as refused:
-                await client.get_object(bucket, "direct/none.log")
-            assert refused.value.code == "NoSuchKey"  # the error body was read and parsed
             await client.put_object(bucket, "direct/empty", b"")
             assert await client.get_object(bucket, "direct/empty") == b""
 

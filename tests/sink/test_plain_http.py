@@ -18,21 +18,26 @@ from sink.sigv4 import SigV4Auth
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY
 
 
+async def append_read_and_miss(client: S3Client, bucket: str, prefix: str, lines: int) -> None:
+    """The sink's everyday requests: open, append ``lines`` lines, read the object back, miss another."""
+    writer = ObjectWriter(client, bucket, f"{prefix}/one.log")
+    await writer.open()
+    for i in range(lines):
+        await writer.append(f"line {i}\n".encode())
+    expected = b"".join(f"line {i}\n".encode() for i in range(lines))
+    assert await client.get_object(bucket, f"{prefix}/one.log") == expected
+    assert (await client.head_object(bucket, f"{prefix}/one.log")).size == len(expected)  # type: ignore[union-attr]
+    assert await client.head_object(bucket, f"{prefix}/none.log") is None
+    with pytest.raises(NotFoundError) as refused:
+        await client.get_object(bucket, f"{prefix}/none.log")
+    assert refused.value.code == "NoSuchKey"  # the error body was read and parsed
+
+
 async def test_the_sinks_requests_work_over_it_on_one_kept_alive_connection(server, bucket: str) -> None:
     async with PlainHTTPTransport(4) as transport:
         async with httpx.AsyncClient(transport=transport, timeout=30) as http:
             client = S3Client(http, server.url, auth=SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION))
-            writer = ObjectWriter(client, bucket, "plain/one.log")
-            await writer.open()
-            for i in range(20):
-                await writer.append(f"line {i}\n".encode())
-            expected = b"".join(f"line {i}\n".encode() for i in range(20))
-            assert await client.get_object(bucket, "plain/one.log") == expected
-            assert (await client.head_object(bucket, "plain/one.log")).size == len(expected)  # type: ignore[union-attr]
-            assert await client.head_object(bucket, "plain/none.log") is None
-            with pytest.raises(NotFoundError) as refused:
-                await client.get_object(bucket, "plain/none.log")
-            assert refused.value.code == "NoSuchKey"  # the error body was read and parsed
+            await append_read_and_miss(client, bucket, "plain", 20)
             assert [len(c) for c in transport._idle.values()] == [1]  # sequential requests: one connection
 
 
