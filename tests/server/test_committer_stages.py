@@ -43,16 +43,21 @@ async def test_a_batch_is_flushed_while_the_one_before_commits_to_the_index(stor
     async def append() -> None:
         appended.append(await storage.write_object("b", "k", body(b"-second"), offset=5))
 
+    files = storage._committer._files
+    sync_writes, flushed = files.sync_writes, threading.Event()
+
+    def sync_and_tell(written: list) -> None:  # the flusher's flush, and an event the test can wait on
+        sync_writes(written)
+        flushed.set()
+
+    files.sync_writes = sync_and_tell  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(storage._committer.run, CommitJob(apply=slow_index_step))
         assert await trio.to_thread.run_sync(indexing.wait, 10)
         nursery.start_soon(append)
         try:
-            # The flusher offers no event to wait on: look at the data file until the
-            # append's bytes are in it, within a deadline, while the indexer is held.
-            with trio.fail_after(5):
-                while data_file_sizes(storage) != [12]:
-                    await trio.sleep(0.005)
+            assert await trio.to_thread.run_sync(flushed.wait, 10)  # the append's batch, while the indexer is held
+            assert data_file_sizes(storage) == [12]
             assert not appended  # written and flushed, not acknowledged: its index commit waits
         finally:
             release.set()
