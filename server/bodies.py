@@ -213,7 +213,7 @@ class ObjectReader:
     def __repr__(self) -> str:
         return f"ObjectReader(bucket={self.info.bucket!r}, key={self.info.key!r}, size={self.info.size})"
 
-    async def stream(self, start: int = 0, end: int | None = None, chunk: int = 256 * KiB) -> AsyncIterator[bytes]:
+    async def stream(self, start: int = 0, end: int | None = None, chunk: int = MiB) -> AsyncIterator[bytes]:
         """Bytes [start, end) of the snapshot (end defaults to, and is capped at, its size)."""
         end = self.info.size if end is None else min(end, self.info.size)
         if start < 0 or start > end or chunk <= 0:

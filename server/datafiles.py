@@ -68,7 +68,11 @@ class DataFiles:
         return os.open(self.path(file_id), os.O_WRONLY | os.O_CLOEXEC)
 
     def open_read(self, file_id: str) -> int:
-        return os.open(self.path(file_id), os.O_RDONLY | os.O_CLOEXEC)
+        """Open for reading, front to back: the kernel reads further ahead (large
+        bodies' pages are dropped once written, see ``release_written``)."""
+        fd = os.open(self.path(file_id), os.O_RDONLY | os.O_CLOEXEC)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
 
     def sync(self, fd: int, *, fresh: bool = False) -> None:
         """Make written bytes durable (a no-op when durability is relaxed).
@@ -257,7 +261,8 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
+# <linux/fs.h>: wait for writeback already under way, start it, wait for it
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -266,6 +271,24 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     and waits while the device's queue is full."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def release_written(fd: int, offset: int, length: int) -> None:
+    """Wait until a range whose writeback was started is on its way to disk, then
+    drop its pages from the page cache.
+
+    Why: a large body otherwise fills the page cache with pages the kernel must
+    find fresh for every MiB.  On this virtual machine (whose freed memory goes
+    back to the host) writing into fresh pages cost 0.5-3 ms of system time per
+    MiB, against 0.2 ms into pages just released: a 512 MiB write loop ran at
+    ~800-980 MiB/s without this and ~1,270-1,390 MiB/s with it, same run.  A log
+    store's large bodies are rarely read back at once; the object's last few MiB
+    stay cached.  Dirty or mapped pages are never dropped, so no byte can be lost.
+    """
+    if _sync_file_range is None:
+        return
+    _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 class Writeback:
@@ -278,8 +301,13 @@ class Writeback:
     worst: writeback changes no bytes, and durability comes from the commit's flush.
     """
 
-    def __init__(self, start: Callable[[int, int, int], None] = start_writeback) -> None:
+    def __init__(
+        self,
+        start: Callable[[int, int, int], None] = start_writeback,
+        release: Callable[[int, int, int], None] = release_written,
+    ) -> None:
         self._start = start
+        self._release = release
         self._ranges: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -294,8 +322,23 @@ class Writeback:
         self._ranges.put((fd, offset, length))
 
     def _serve(self) -> None:
+        """Start each range's writeback, then release the range before it (one
+        range behind, so the disk always has the newer one to work on)."""
+        behind: tuple[int, int, int] | None = None
         while True:
-            self._start(*self._ranges.get())
+            written = self._ranges.get()
+            self._start(*written)
+            if behind is not None:
+                self._release_quietly(*behind)
+            behind = written
+
+    def _release_quietly(self, fd: int, offset: int, length: int) -> None:
+        # The fd may have been closed since (EBADF), or reused by another file:
+        # dropping clean cached pages changes no bytes either way.
+        try:
+            self._release(fd, offset, length)
+        except OSError:
+            pass
 
 
 WRITEBACK = Writeback()  # one for the process: a daemon thread, idle unless large bodies arrive

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server import datafiles
-from server.datafiles import WRITEBACK_EVERY, DataFiles, PendingWrite, Writeback, start_writeback
+from server.datafiles import WRITEBACK_EVERY, DataFiles, PendingWrite, Writeback, release_written, start_writeback
 
 MiB = 1024 * 1024
 
@@ -65,5 +65,36 @@ def test_the_writeback_thread_serves_every_range_and_outlives_a_closed_fd(tmp_pa
         writeback.start(fd, MiB, MiB)
         assert last_served.wait(10)
         assert served == [(fd, 0, MiB), (closed, 0, MiB), (fd, MiB, MiB)]
+    finally:
+        os.close(fd)
+
+
+def test_the_writeback_thread_releases_each_range_one_behind_and_keeps_every_byte(tmp_path: Path) -> None:
+    """The range before the newest is released (written, then dropped from the
+    page cache); the newest stays cached.  Releasing changes no byte, and a
+    range whose fd was closed meanwhile does not stop the thread."""
+    released: list[tuple[int, int, int]] = []
+    done = threading.Event()
+
+    def release(fd: int, offset: int, length: int) -> None:
+        released.append((fd, offset, length))
+        release_written(fd, offset, length)  # the real call; raises EBADF for the closed fd
+        if len(released) == 3:
+            done.set()
+
+    writeback = Writeback(release=release)
+    closed = os.open(tmp_path / "gone", os.O_WRONLY | os.O_CREAT)
+    os.close(closed)
+    data = os.urandom(3 * MiB)
+    fd = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, data)
+        writeback.start(fd, 0, MiB)
+        writeback.start(closed, 0, MiB)
+        writeback.start(fd, MiB, MiB)
+        writeback.start(fd, 2 * MiB, MiB)
+        assert done.wait(10)
+        assert released == [(fd, 0, MiB), (closed, 0, MiB), (fd, MiB, MiB)]
+        assert os.pread(fd, 3 * MiB, 0) == data
     finally:
         os.close(fd)
