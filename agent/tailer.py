@@ -137,7 +137,10 @@ def _read_lines(fd: int, buffer: bytearray, held: int, want: int, base: int) -> 
     return read, cut, data if len(data) == cut and data[-1] == NEWLINE else None
 
 
-def _look(fd: int, path: str) -> tuple[Probe, tuple[int, int, int] | None]:
+_Look = tuple[Probe, tuple[int, int, int] | None]
+
+
+def _look(fd: int, path: str) -> _Look:
     """Our open file as it is now, and the file the path names now: (dev, inode, size), None: nothing."""
     probe = probe_fd(fd)
     try:
@@ -145,6 +148,21 @@ def _look(fd: int, path: str) -> tuple[Probe, tuple[int, int, int] | None]:
     except OSError:
         return probe, None
     return probe, (st.st_dev, st.st_ino, st.st_size)
+
+
+def _read_and_look(fd: int, buffer: bytearray, held: int, want: int, base: int, path: str,
+                   identity: FileIdentity) -> tuple[int, int, bytes | None, _Look | None]:
+    """(worker thread) ``_read_lines``, and when it found the end of the file (read short of ``want``)
+    the ``_look`` a step takes next: one file call per poke, not two.
+
+    A file that no longer starts with ``identity``'s bytes, or is shorter than
+    our offset, is not read (bytes there belong to a rewritten file): the look
+    says so and the step starts the file again as a truncation."""
+    probe = probe_fd(fd)
+    if probe.size < base + held or not matches(identity, probe.dev, probe.ino, probe.head):
+        return 0, 0, None, _look(fd, path)
+    read, cut, data = _read_lines(fd, buffer, held, want, base)
+    return read, cut, data, (_look(fd, path) if read < want else None)
 
 
 class Tailer:
@@ -182,6 +200,7 @@ class Tailer:
         self._leaving_since: float | None = None  # while draining a rotated-away file: when it last grew
         self._leaving_quiet_at: float | None = None  # ... and when it will have been quiet long enough
         self._seen: deque[FileIdentity] = deque(maxlen=64)  # files this stream finished
+        self._end_look: _Look | None = None  # the look taken with the read that found the file's end
         self._poked = trio.Event()
         # Blocking file calls go through here: a worker thread, or (in tests
         # that need exact virtual time) an inline call.
@@ -242,7 +261,8 @@ class Tailer:
         while True:
             got = await self._read_to_eof()
             assert self._fd is not None and self._identity is not None
-            probe, at_path = await self._run_sync(_look, self._fd, self.path)
+            look, self._end_look = self._end_look, None
+            probe, at_path = look if look is not None else await self._run_sync(_look, self._fd, self.path)
             now = trio.current_time()
             if probe.size < self.offset or not matches(self._identity, probe.dev, probe.ino, probe.head):
                 self._log.warning("file_truncated", size=probe.size, offset=self.offset)
@@ -282,9 +302,11 @@ class Tailer:
             await self._poked.wait()
 
     async def _read_to_eof(self) -> int:
-        """Read until the file has nothing more; return how many bytes were read."""
-        assert self._fd is not None
+        """Read until the file has nothing more; return how many bytes were read.
+        The file as it was just after the last read is left in ``_end_look``."""
+        assert self._fd is not None and self._identity is not None
         total = 0
+        self._end_look = None
         while True:
             space = len(self._buffer) - self._held
             if space == 0:  # a full buffer without a newline: send it as it is
@@ -296,7 +318,8 @@ class Tailer:
             if not granted:  # out of budget while holding a partial line: send it, so it can be acknowledged
                 await self._flush_partial()
                 continue
-            read, cut, data = await self._run_sync(_read_lines, self._fd, self._buffer, self._held, granted, self._base)
+            read, cut, data, self._end_look = await self._run_sync(_read_and_look, self._fd, self._buffer, self._held,
+                                                                   granted, self._base, self.path, self._identity)
             self._budget.release(granted - read)
             self._charged += read
             if read:
