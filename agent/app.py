@@ -1,13 +1,15 @@
 """The agent daemon: the root nursery, start and drain order, signals, reloads.
 
 Start-up, each component ready before the next one feeds it: the checkpoint
-(locked) and the S3 client, the status endpoint, the shipper, the batcher,
-then the streams (checkpointed ones resume, new ones follow ``read_from``)
-and the watcher.  ``/ready`` turns true once they run and the sink answers.
+(locked) and the S3 client, the status endpoint, the shipper, then the
+streams (checkpointed ones resume, new ones follow ``read_from``) and the
+watcher.  ``/ready`` turns true once they run and the sink answers.  The
+tailers' chunks reach the shipper's lanes through a ``ChunkHandover`` (no
+batcher task, no channel hops: a lane joins what waits into one append).
 
 Shutdown flows downstream (DESIGN.md, "Concurrency"): the watcher and the
-tailers stop (a held partial line is read again next time), the chunk
-channel closes, the batcher flushes and closes the batch channel, the shipper
+tailers stop (a held partial line is read again next time), the last
+handover closes and ends the shipper's input, the shipper
 sends everything queued within ``shutdown_timeout`` (appends still in flight
 then are abandoned: their intents are on disk and settled at the next start),
 and the checkpoint is written last.
@@ -33,7 +35,7 @@ import structlog
 import trio
 
 from agent import events
-from agent.batcher import Batch, BatchRules, Chunk, run_batcher
+from agent.batcher import ChunkHandover
 from agent.checkpoint import open_checkpoint
 from agent.config import AgentConfig, load_config
 from agent.connect import SinkHealth, open_s3, probe_bucket, probe_key
@@ -50,10 +52,8 @@ from sink.errors import RemoteError, SinkError
 from sink.systemd import Notifier
 
 log = structlog.get_logger()
-LINGER = 0.01  # seconds a batch collects lines before the shipper may take it (never more than batch.max_wait)
 PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
 STATUS_INTERVAL = 5.0  # seconds between STATUS= lines to systemd
-BATCH_QUEUE = 64  # batches between the batcher and the shipper
 CPU_BUDGET = 0.45  # cores the agent sizes its append rate to (agent.cpu_budget), of the 0.5 it may use
 MAX_APPEND_RATE = 2000.0  # appends a second at most, however cheap they get
 RATE_WINDOW = 2.0  # seconds between two looks at the CPU an append costs
@@ -109,9 +109,8 @@ class Agent:
                 max_in_flight=cfg.max_in_flight, metrics=self.metrics, health=self.health,
                 s3express=is_directory_bucket(cfg.sink.bucket), on_failed=self._stream_failed,
             )
-            chunks_in, chunks_out = trio.open_memory_channel[Chunk](0)
-            batches_in, batches_out = trio.open_memory_channel[Batch](BATCH_QUEUE)
-            streams = self.streams = Streams(cfg, shipper, checkpoint, budget, chunks_in, host=self.host, metrics=self.metrics)
+            chunks = ChunkHandover(shipper.enqueue, shipper.end_input)
+            streams = self.streams = Streams(cfg, shipper, checkpoint, budget, chunks, host=self.host, metrics=self.metrics)
             shipped = trio.Event()
             async with trio.open_nursery() as root:
                 host, port = cfg.http.listen
@@ -119,9 +118,7 @@ class Agent:
                 root.start_soon(self._probe_sink, client)
                 root.start_soon(self._hold_reading_while_unready, budget)
                 root.start_soon(self._pace_by_cpu, shipper)
-                await root.start(self._run_shipper, shipper, batches_out, shipped)
-                rules = BatchRules(cfg.batch.max_bytes, min(LINGER, cfg.batch.max_wait))
-                await root.start(run_batcher, chunks_out, batches_in, rules)
+                await root.start(self._run_shipper, shipper, shipped)
                 await root.start(streams.run)
                 self.running = True
                 log.info(events.AGENT_READY, streams=len(streams.tailers), status=f"{self.status_address[0]}:{self.status_address[1]}")
@@ -142,11 +139,11 @@ class Agent:
             self._ship_scope.cancel()
             await shipped.wait()
 
-    async def _run_shipper(self, shipper: Shipper, batches: trio.MemoryReceiveChannel[Batch], shipped: trio.Event,
+    async def _run_shipper(self, shipper: Shipper, shipped: trio.Event,
                            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._ship_scope:
-                await shipper.run(batches, task_status=task_status)
+                await shipper.run(task_status=task_status)
         finally:
             shipped.set()
 

@@ -45,7 +45,7 @@ import structlog
 import trio
 
 from agent import events
-from agent.batcher import Chunk
+from agent.batcher import Chunk, ChunkHandover
 from agent.checkpoint import Checkpoint, StreamState
 from agent.config import AgentConfig, InputConfig
 from agent.errors import KeyRenderError
@@ -94,7 +94,7 @@ class Streams:
     """The live tailers.  ``run`` is the component; ``stop`` ends it (the chunk channel closes)."""
 
     def __init__(self, config: AgentConfig, shipper: Shipper, checkpoint: Checkpoint, budget: ReadAheadBudget,
-                 chunks: trio.MemorySendChannel[Chunk], *, host: str, metrics: AgentMetrics) -> None:
+                 chunks: trio.MemorySendChannel[Chunk] | ChunkHandover, *, host: str, metrics: AgentMetrics) -> None:
         self.config = config
         self.inputs = config.inputs
         self.scanner = Scanner(config.inputs)

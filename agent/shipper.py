@@ -106,6 +106,7 @@ class Shipper:
         self._running = 0
         self._flush_soon = trio.Event()
         self._drained = trio.Event()
+        self._input_ended = trio.Event()
         self._draining = False
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -195,17 +196,23 @@ class Shipper:
 
     # -- the component ------------------------------------------------------------------
 
-    async def run(self, batches: trio.MemoryReceiveChannel[Batch], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Ship until ``batches`` ends and every batch is out; the checkpoint is written last."""
+    async def run(self, batches: trio.MemoryReceiveChannel[Batch] | None = None,
+                  *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Ship until the input ends and every batch is out; the checkpoint is written last.
+
+        The input is ``batches``, or with none, ``enqueue`` calls until ``end_input``."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._dispatch)
                 nursery.start_soon(self._flush_acknowledged)
                 task_status.started()
-                async with batches:
-                    async for batch in batches:
-                        self._enqueue(batch)
+                if batches is None:
+                    await self._input_ended.wait()
+                else:
+                    async with batches:
+                        async for batch in batches:
+                            self._enqueue(batch)
                 self._draining = True
                 self._wakeup()
                 await self._drained.wait()
@@ -214,6 +221,14 @@ class Shipper:
             with trio.CancelScope(shield=True):
                 self._dirty.update(self._lanes.values())
                 await self.save()
+
+    def enqueue(self, batch: Batch) -> None:
+        """Take a batch now, from any task (``agent.batcher.ChunkHandover``: no channel, no task switch)."""
+        self._enqueue(batch)
+
+    def end_input(self) -> None:
+        """No more batches will come: ``run`` drains and returns."""
+        self._input_ended.set()
 
     def _enqueue(self, batch: Batch) -> None:
         self.metrics.read_bytes.inc(batch.size)

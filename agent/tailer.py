@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 import trio
 
-from agent.batcher import Chunk
+from agent.batcher import Chunk, ChunkHandover
 from agent.fingerprint import (
     FileIdentity,
     Probe,
@@ -172,7 +172,7 @@ class Tailer:
         self,
         stream: str,
         path: str,
-        chunks: trio.MemorySendChannel[Chunk],
+        chunks: trio.MemorySendChannel[Chunk] | ChunkHandover,
         budget: ReadAheadBudget,
         *,
         start: StartAt = BEGINNING,
