@@ -8,6 +8,12 @@ compares the UTF-8 bytes with memcmp (https://www.sqlite.org/datatype3.html,
 
 Everything here is synchronous and takes the connection as an argument: the
 storage calls it from worker threads, writes only from the group committer.
+
+An append whose data was not flushed before its commit (``server.committer``:
+one device flush after the commit covers both) keeps the object's previous
+state in the ``prev_*`` columns, so start-up recovery can check the appended
+bytes against the new CRC32 and, if they did not reach the disk, put the row
+back (``unflushed_appends``, ``roll_back_appends``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty, NoSuchBucket
 from server.records import ObjectInfo, StoredChecksum
 
-SCHEMA_VERSION = 2  # 2: objects.checksum, buckets.owner (added to a version-1 index on open)
+SCHEMA_VERSION = 3  # 2: objects.checksum, buckets.owner; 3: objects.prev_* (added to an older index on open)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -47,8 +53,15 @@ CREATE TABLE IF NOT EXISTS objects (
 """
 
 _OBJECT_COLUMNS = "bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends, checksum"
+# The object's state before its last append, kept only while that append's bytes are unverified
+# (committed before they were flushed); NULL otherwise.
+_PREV_COLUMNS = (("size", "INTEGER"), ("etag", "TEXT"), ("last_modified", "REAL"), ("crc32", "INTEGER"),
+                 ("appends", "INTEGER"), ("checksum", "TEXT"))
 # Columns added since schema version 1: (table, column, declaration), added on open.
-_ADDED_COLUMNS = (("objects", "checksum", "TEXT"), ("buckets", "owner", "TEXT"))
+_ADDED_COLUMNS = (
+    ("objects", "checksum", "TEXT"), ("buckets", "owner", "TEXT"),
+    *(("objects", f"prev_{name}", declaration) for name, declaration in _PREV_COLUMNS),
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -60,10 +73,13 @@ class IndexedObject:
     file_id: str
 
 
-def connect(path: Path, *, durable: bool, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, durable: bool, readonly: bool = False, flushed_after_commit: bool = False) -> sqlite3.Connection:
     """Open the index.  ``durable`` = fsync the WAL at every commit (synchronous=FULL);
     otherwise synchronous=NORMAL: a commit survives a process crash but not
     necessarily a power loss (https://www.sqlite.org/pragma.html#pragma_synchronous).
+    ``flushed_after_commit``: NORMAL even when durable, because the caller flushes
+    the WAL's filesystem after every commit (NORMAL still syncs around checkpoints,
+    so the database file is never corrupted).
 
     Connections are handed between worker threads (check_same_thread=False); the
     storage guarantees one thread uses a connection at a time.
@@ -74,10 +90,10 @@ def connect(path: Path, *, durable: bool, readonly: bool = False) -> sqlite3.Con
         conn.execute("PRAGMA query_only = ON")
         return conn
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable and not flushed_after_commit else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, 1, SCHEMA_VERSION):
+    if version not in (0, 1, 2, SCHEMA_VERSION):
         conn.close()
         raise RuntimeError(f"index {path} has schema version {version}, this server knows {SCHEMA_VERSION}")
     conn.executescript(_SCHEMA)
@@ -207,7 +223,8 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
             " ON CONFLICT (bucket, key) DO UPDATE SET file_id = excluded.file_id, size = excluded.size,"
             " etag = excluded.etag, last_modified = excluded.last_modified, content_type = excluded.content_type,"
             " metadata = excluded.metadata, system = excluded.system, crc32 = excluded.crc32,"
-            " appends = excluded.appends, checksum = excluded.checksum",
+            " appends = excluded.appends, checksum = excluded.checksum, "
+            + _NO_PREV,
             (
                 info.bucket,
                 info.key,
@@ -227,6 +244,9 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
         raise NoSuchBucket(resource=info.bucket, BucketName=info.bucket) from exc
 
 
+_NO_PREV = ", ".join(f"prev_{name} = NULL" for name, _ in _PREV_COLUMNS)  # a new data file: nothing to check
+
+
 def appended_row(info: ObjectInfo, file_id: str) -> tuple:
     """An append's new values, in the order ``update_appended_rows`` takes them."""
     checksum = None if info.checksum is None else info.checksum.encode()
@@ -235,19 +255,23 @@ def appended_row(info: ObjectInfo, file_id: str) -> tuple:
 
 def update_appended(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None:
     """Record an append: only the columns an append changes."""
-    if update_appended_rows(conn, [appended_row(info, file_id)]) != 1:
+    if update_appended_rows(conn, [(*appended_row(info, file_id), False)]) != 1:
         # The storage's per-object lock makes this impossible; refuse rather than guess.
         raise RuntimeError(f"append to {info.bucket}/{info.key} found no row for data file {file_id}")
 
 
-_APPEND_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_MAX_APPEND_ROWS = 500  # 9 parameters each, far below SQLite's 32766
+_APPEND_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_MAX_APPEND_ROWS = 500  # 10 parameters each, far below SQLite's 32766
 _update_sql: dict[int, str] = {}
+# Keep the row's previous state (read before the SET: SQLite evaluates every expression on the old row)
+# when the append is unflushed (v.column10), else clear it.
+_KEEP_PREV = ", ".join(f"prev_{name} = CASE WHEN v.column10 THEN objects.{name} END" for name, _ in _PREV_COLUMNS)
 
 
 def update_appended_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
-    """Record many appends (``appended_row`` tuples, distinct objects) with one UPDATE
-    per 500; returns how many rows changed.
+    """Record many appends (``appended_row`` tuples, distinct objects, each with one
+    more value: True when its bytes are not flushed yet, so the row keeps its previous
+    state for recovery to check) with one UPDATE per 500; returns how many rows changed.
 
     Why one statement: it is one call into SQLite, and the committing thread
     gives up and takes back the GIL once per call, which costs the event loop
@@ -261,7 +285,7 @@ def update_appended_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
         if sql is None:
             sql = _update_sql[len(chunk)] = (
                 "UPDATE objects SET size = v.column1, etag = v.column2, last_modified = v.column3, crc32 = v.column4,"
-                " appends = v.column5, checksum = v.column6"
+                f" appends = v.column5, checksum = v.column6, {_KEEP_PREV}"
                 f" FROM (VALUES {', '.join([_APPEND_ROW] * len(chunk))}) AS v"
                 " WHERE objects.bucket = v.column7 AND objects.key = v.column8 AND objects.file_id = v.column9"
             )
@@ -276,6 +300,26 @@ def has_appended_row(conn: sqlite3.Connection, row: tuple) -> bool:
         "SELECT 1 FROM objects WHERE bucket = ? AND key = ? AND file_id = ? AND etag = ?", (bucket, key, file_id, etag)
     ).fetchone()
     return found is not None
+
+
+def unflushed_appends(conn: sqlite3.Connection) -> list[tuple[str, str, str, int, int, int, int]]:
+    """(bucket, key, file id, size, crc32, previous size, previous crc32) of every
+    object whose last append was committed before its bytes were flushed."""
+    return conn.execute(
+        "SELECT bucket, key, file_id, size, coalesce(crc32, 0), prev_size, coalesce(prev_crc32, 0) FROM objects"
+        " WHERE prev_size IS NOT NULL"
+    ).fetchall()
+
+
+def roll_back_appends(conn: sqlite3.Connection, objects: list[tuple[str, str, str]]) -> None:
+    """Put each (bucket, key, file id)'s row back to its state before its last,
+    unflushed append (one statement per row; recovery and failed flushes only)."""
+    restore = ", ".join(f"{name} = prev_{name}" for name, _ in _PREV_COLUMNS)
+    conn.executemany(
+        f"UPDATE objects SET {restore}, {_NO_PREV}"
+        " WHERE bucket = ? AND key = ? AND file_id = ? AND prev_size IS NOT NULL",
+        objects,
+    )
 
 
 def delete_object(conn: sqlite3.Connection, bucket: str, key: str) -> str | None:

@@ -5,6 +5,16 @@ was writing when the process died): truncate it back.  A data file no index
 row refers to is the leftover of a PUT or create that never committed: delete
 it.  Both are routine.
 
+A small append is committed before its bytes are flushed, and one flush after
+the commit makes both durable (``server.committer``).  A power loss between the
+two may leave the commit on disk without all of the bytes: such a row still
+holds the object's previous state, so its appended bytes are read back and
+checked against its CRC32 (the previous CRC32 extended over them); if they
+differ, the row is put back to that previous state (``storage_unflushed_append_rolled_back``)
+-- that append was never acknowledged -- and its tail is truncated like any
+other uncommitted one.  This reads the last append (at most
+``committer.UNFLUSHED_MAX`` bytes) of each such object at every start.
+
 A data file SHORTER than its committed length (or missing) cannot come from a
 process crash; it means the disk lost acknowledged bytes (power loss with
 ``fsync=False``, or damage).  The row is clamped to the bytes that exist, its
@@ -36,9 +46,11 @@ class RecoveryReport:
     truncated: int  # data files cut back to their committed length
     deleted: int  # unreferenced data files removed
     damaged: int  # objects clamped to fewer bytes than committed (lost data)
+    rolled_back: int  # unflushed appends whose bytes did not reach the disk, undone
 
 
 def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
+    rolled_back = _roll_back_unflushed(conn, files)
     rows = {obj.file_id: obj for obj in index.all_objects(conn)}
     truncated = deleted = damaged = 0
     seen: set[str] = set()
@@ -75,7 +87,38 @@ def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
             files.sync_dir_of(file_id)
             _clamp(conn, files, obj, 0)
             damaged += 1
-    return RecoveryReport(truncated=truncated, deleted=deleted, damaged=damaged)
+    if files.durable:  # what recovery changed is on disk before anything new is written
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return RecoveryReport(truncated=truncated, deleted=deleted, damaged=damaged, rolled_back=rolled_back)
+
+
+def _roll_back_unflushed(conn: sqlite3.Connection, files: DataFiles) -> int:
+    """Put back every unflushed append whose bytes are not all on disk; how many."""
+    undo = []
+    for bucket, key, file_id, size, crc32, prev_size, prev_crc32 in index.unflushed_appends(conn):
+        if _bytes_match(files, file_id, prev_size, size, prev_crc32, crc32):
+            continue
+        undo.append((bucket, key, file_id))
+        log.warning("storage_unflushed_append_rolled_back", bucket=bucket, key=key, committed=size, back_to=prev_size)
+    index.roll_back_appends(conn, undo)
+    return len(undo)
+
+
+def _bytes_match(files: DataFiles, file_id: str, start: int, end: int, start_crc32: int, end_crc32: int) -> bool:
+    """Whether the data file holds [start, end) and they extend ``start_crc32`` to ``end_crc32``."""
+    try:
+        fd = files.open_read(file_id)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.fstat(fd).st_size < end:
+            return False
+        crc = start_crc32
+        for offset in range(start, end, MiB):
+            crc = zlib.crc32(read_at(fd, offset, min(MiB, end - offset)), crc)
+        return crc == end_crc32
+    finally:
+        os.close(fd)
 
 
 def _clamp(conn: sqlite3.Connection, files: DataFiles, obj: index.IndexedObject, size: int) -> None:

@@ -6,7 +6,8 @@ past the committed length → flush → commit the new length, ETag and CRC32 in
 the index → release.  Whatever fails before the commit (client gone, refused
 checksum, full disk, cancellation) puts the data file back; readers only ever
 see committed lengths.  Concurrent writes share their flushes and commits
-(``server.committer``).
+(``server.committer``); a small append's bytes are flushed with its commit, by
+one syncfs after it (``CommitFlush``), and recovery checks them at start-up.
 
 ``fsync=False`` skips every flush (data files, directories; the WAL runs with
 synchronous=NORMAL).  A process crash still loses nothing acknowledged (the
@@ -28,7 +29,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +40,7 @@ import trio
 from server import index
 from server.bodies import ObjectReader, receive_body
 from server.committer import CommitJob, GroupCommitter
-from server.datafiles import DataFiles, PendingWrite
+from server.datafiles import DataFiles, PendingWrite, _syncfs
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
 from server.index import IndexedObject
 from server.records import (
@@ -69,17 +70,26 @@ def _accept(_: Any) -> None:
     return None
 
 
+def _ignore(_: Any) -> None:
+    return None
+
+
+def _close_snapshot(snapshot: tuple[ObjectInfo, int]) -> None:
+    os.close(snapshot[1])
+
+
 class Storage:
     """Buckets and objects on disk; see the module docstring for the write protocol."""
 
     def __init__(
         self, data_dir: Path, files: DataFiles, conn: sqlite3.Connection, buckets: dict[str, float], lock_fd: int,
-        *, max_body_size: int, open_files: int,
+        *, max_body_size: int, open_files: int, commit_flush: CommitFlush | None = None,
     ) -> None:
         self.data_dir = data_dir
         self._files = files
         self._conn = conn
-        self._committer = GroupCommitter(conn, files, trio.lowlevel.current_trio_token())
+        self._commit_flush = commit_flush
+        self._committer = GroupCommitter(conn, files, trio.lowlevel.current_trio_token(), commit_flush)
         self._readers = index.ReadConnections(data_dir / "index.sqlite3")
         self._slots = ObjectSlots(self._load, capacity=open_files)
         self._buckets = buckets  # storage is the only writer, so memory is exact
@@ -87,6 +97,9 @@ class Storage:
         self._max_body_size = max_body_size
         self._closed = False
         self.uploads: UploadStore | None = None  # multipart uploads (server.uploads), set by open()
+        # Objects with an append committed (or being committed) whose flush is not done: the index
+        # shows it already, and a reader must not report it before it is durable (``_read_settled``).
+        self._unsettled: dict[tuple[str, str], trio.Event | None] = {}
 
     def __repr__(self) -> str:
         return (
@@ -102,13 +115,15 @@ class Storage:
         any crash.  ``open_files`` bounds the write fds kept open for hot objects."""
         data_dir = Path(data_dir)
 
-        def setup() -> tuple[DataFiles, sqlite3.Connection, dict[str, float], int]:
+        def setup() -> tuple[DataFiles, sqlite3.Connection, dict[str, float], int, CommitFlush | None]:
             data_dir.mkdir(parents=True, exist_ok=True)
             lock_fd = _lock_data_dir(data_dir)
+            commit_flush = None
             try:
                 files = DataFiles(data_dir / "objects", durable=fsync)
                 files.prepare()
-                conn = index.connect(data_dir / "index.sqlite3", durable=fsync)
+                commit_flush = CommitFlush(data_dir, files) if fsync and _syncfs is not None else None
+                conn = index.connect(data_dir / "index.sqlite3", durable=fsync, flushed_after_commit=commit_flush is not None)
                 try:
                     report = recover(conn, files)
                     buckets = index.load_buckets(conn)
@@ -116,13 +131,16 @@ class Storage:
                     conn.close()
                     raise
             except BaseException:
+                if commit_flush is not None:
+                    commit_flush.close()
                 os.close(lock_fd)
                 raise
             log.info("storage_opened", data_dir=str(data_dir), fsync=fsync, buckets=len(buckets), **vars(report))
-            return files, conn, buckets, lock_fd
+            return files, conn, buckets, lock_fd, commit_flush
 
-        files, conn, buckets, lock_fd = await trio.to_thread.run_sync(setup)
-        storage = cls(data_dir, files, conn, buckets, lock_fd, max_body_size=max_body_size, open_files=open_files)
+        files, conn, buckets, lock_fd, commit_flush = await trio.to_thread.run_sync(setup)
+        storage = cls(data_dir, files, conn, buckets, lock_fd, max_body_size=max_body_size, open_files=open_files,
+                      commit_flush=commit_flush)  # fmt: skip
         try:
             storage.uploads = await trio.to_thread.run_sync(
                 lambda: UploadStore.open_sync(data_dir / "uploads", durable=fsync, max_part_size=max_body_size)
@@ -146,6 +164,8 @@ class Storage:
             self._committer.close()
             self._readers.close()
             self._conn.close()
+            if self._commit_flush is not None:
+                self._commit_flush.close()
             os.close(self._lock_fd)  # releases the flock
 
         await trio.to_thread.run_sync(close)
@@ -185,10 +205,41 @@ class Storage:
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         self._require_bucket(bucket)
-        row = await self._read(index.get_object, bucket, key)
+        row = await self._read_settled(bucket, key, lambda: self._read(index.get_object, bucket, key), _ignore)
         if row is None:
             raise NoSuchKey(Key=key)
         return row.info
+
+    async def _read_settled(
+        self, bucket: str, key: str, read: Callable[[], Awaitable[T]], drop: Callable[[T], None]
+    ) -> T:
+        """``read()`` of an object, never showing an append that is committed but not yet
+        flushed: an append's commit is visible to the index's readers before the flush
+        after it (``CommitFlush``), and a client that HEADs an object to learn whether its
+        append landed must not be told it did before that is durable.  A read that
+        overlapped such an append waits for the flush; if a flush failed meanwhile (its
+        appends put back), ``drop`` gets the read and it is done again."""
+        name = (bucket, key)
+        while True:
+            await self._settle(name)
+            failures = self._committer.flush_failures
+            result = await read()
+            try:
+                await self._settle(name)
+            except BaseException:
+                drop(result)
+                raise
+            if self._committer.flush_failures == failures:
+                return result
+            drop(result)
+
+    async def _settle(self, name: tuple[str, str]) -> None:
+        """Wait while an append of ``name`` is between its commit and its flush."""
+        while name in self._unsettled:
+            event = self._unsettled[name]
+            if event is None:
+                event = self._unsettled[name] = trio.Event()
+            await event.wait()
 
     async def list_objects(
         self, bucket: str, *, prefix: str = "", start_after: str = "", limit: int = 1000
@@ -202,7 +253,9 @@ class Storage:
     async def open_reader(self, bucket: str, key: str) -> AsyncIterator[ObjectReader]:
         """A consistent snapshot of the object, readable while it changes."""
         self._require_bucket(bucket)
-        info, fd = await trio.to_thread.run_sync(self._open_snapshot, bucket, key)
+        info, fd = await self._read_settled(
+            bucket, key, lambda: trio.to_thread.run_sync(self._open_snapshot, bucket, key), _close_snapshot
+        )
         try:
             yield ObjectReader(info, fd)
         finally:
@@ -288,9 +341,18 @@ class Storage:
         info = appended_info(
             current, hasher.digest(), hasher.object_crc32, time.time(), hasher.object_checksum(current.checksum)
         )
-        await self._committer.run(
-            CommitJob(appended=index.appended_row(info, row.file_id), pending=pending, tail=tail)
-        )
+        job = CommitJob(appended=index.appended_row(info, row.file_id), pending=pending, tail=tail)
+        if self._commit_flush is None:
+            await self._committer.run(job)
+        else:  # readers wait from its commit to its flush (_read_settled)
+            name = (info.bucket, info.key)
+            self._unsettled[name] = None
+            try:
+                await self._committer.run(job)
+            finally:
+                event = self._unsettled.pop(name)
+                if event is not None:
+                    event.set()
         slot.row = IndexedObject(info, row.file_id)
         return info
 
@@ -337,6 +399,26 @@ class Storage:
     def _load(self, bucket: str, key: str) -> tuple[IndexedObject | None, int | None]:
         row = index.get_object(self._readers.get(), bucket, key)
         return row, None if row is None else self._files.open_write(row.file_id)
+
+
+class CommitFlush:
+    """The one device flush after an index commit that makes it and the batch's small
+    appends durable (``GroupCommitter``'s ``flush_after_commit``): syncfs(2) of the
+    data dir's filesystem, which holds the index's WAL and, usually, the data files.
+    Data files on a filesystem of their own get their own flush first."""
+
+    def __init__(self, data_dir: Path, files: DataFiles) -> None:
+        self._files = files
+        self._fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._data_elsewhere = os.stat(files.root).st_dev != os.fstat(self._fd).st_dev
+
+    def __call__(self, unflushed: list[PendingWrite]) -> None:
+        if unflushed and self._data_elsewhere:
+            self._files.sync_writes(unflushed)
+        _syncfs(self._fd)  # type: ignore[misc]
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -1,6 +1,7 @@
 """The group committer's two stages: a batch's data is written and flushed while
 the batch before it is still committing to the index, and nothing is
-acknowledged before both stages are done with it."""
+acknowledged before both stages are done with it.  (A small append's bytes are
+flushed after its commit instead: test_unflushed_appends.py.)"""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ async def test_a_batch_is_flushed_while_the_one_before_commits_to_the_index(stor
 
     appended: list[ObjectInfo] = []
 
-    async def append() -> None:
-        appended.append(await storage.write_object("b", "k", body(b"-second"), offset=5))
+    async def append() -> None:  # a new object: its data is flushed before its commit
+        appended.append(await storage.write_object("b", "k2", body(b"second"), offset=0))
 
     files = storage._committer._files
     sync_writes, flushed = files.sync_writes, threading.Event()
@@ -57,10 +58,10 @@ async def test_a_batch_is_flushed_while_the_one_before_commits_to_the_index(stor
         nursery.start_soon(append)
         try:
             assert await trio.to_thread.run_sync(flushed.wait, 10)  # the append's batch, while the indexer is held
-            assert data_file_sizes(storage) == [12]
+            assert data_file_sizes(storage) == [5, 6]
             assert not appended  # written and flushed, not acknowledged: its index commit waits
         finally:
             release.set()
-    assert appended[0].size == 12
-    async with storage.open_reader("b", "k") as reader:
-        assert b"".join([chunk async for chunk in reader.stream()]) == b"first-second"
+    assert appended[0].size == 6
+    async with storage.open_reader("b", "k2") as reader:
+        assert b"".join([chunk async for chunk in reader.stream()]) == b"second"

@@ -160,12 +160,13 @@ async def test_a_version_1_index_is_migrated(tmp_path):
     async def chunks(data: bytes):
         yield data
 
-    async with open_storage(tmp_path, fsync=False) as storage:
+    async with open_storage(tmp_path) as storage:  # fsync: the append keeps the row's previous state
         info = await storage.write_object("old", "k", chunks(b"+new"), offset=3)
         assert (info.size, info.crc32, info.checksum) == (7, crt.crc32(b"old+new"), None)
         await storage.create_bucket("fresh", owner="someone")
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT prev_size, prev_crc32 FROM objects").fetchall() == [(3, crt.crc32(b"old"))]
     assert conn.execute("SELECT name, owner FROM buckets ORDER BY name").fetchall() == [("fresh", "someone"), ("old", None)]
     conn.close()
 
