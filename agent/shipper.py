@@ -67,6 +67,26 @@ FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a writ
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
 
 
+class _Slots:
+    """``max_in_flight`` request slots.  A free one is taken without yielding to the scheduler
+    (``async with`` on a trio CapacityLimiter always yields: a task switch per append for nothing,
+    the request yields soon anyway); one that must be waited for is waited for in turn."""
+
+    __slots__ = ("limiter",)
+
+    def __init__(self, total: int) -> None:
+        self.limiter = trio.CapacityLimiter(total)
+
+    async def __aenter__(self) -> None:
+        try:
+            self.limiter.acquire_nowait()  # WouldBlock while others wait, too: no overtaking
+        except trio.WouldBlock:
+            await self.limiter.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.limiter.release()
+
+
 class Shipper:
     """Every stream's lane, and the task that gives them turns.  ``run`` is the component."""
 
@@ -101,7 +121,7 @@ class Shipper:
         self._ready: OrderedDict[str, Lane] = OrderedDict()
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
         self._tokens = TokenBucket(rate, burst)
-        self._slots = trio.CapacityLimiter(max_in_flight)  # requests on the wire
+        self._slots = _Slots(max_in_flight)  # requests on the wire
         self._max_turns = max_in_flight * TURNS_PER_SLOT  # turns under way: the rest record their intents meanwhile
         self._running = 0
         self._flush_soon = trio.Event()
@@ -284,10 +304,14 @@ class Shipper:
                 await self._ship(lane)
         finally:
             lane.busy = False
+            # The dispatcher waits for a token when a turn is free and lanes wait: a turn ending
+            # changes what it waits for only if every turn was taken, or nothing waited, or it drains.
+            dispatcher_stuck = self._running >= self._max_turns or not self._ready or self._draining
             self._running -= 1
             if lane.failed is None and not lane.blocked and lane.has_work:
                 self._ready[lane.stream] = lane
-            self._wakeup()
+            if dispatcher_stuck:
+                self._wakeup()
             self.notify()
 
     def _goes_again(self, lane: Lane) -> bool:

@@ -76,7 +76,7 @@ class ReadAheadBudget:
 
     async def acquire(self, want: int) -> int:
         """Wait until some budget is free; take up to ``want`` bytes of it and return how many."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # no yield when free: the read that follows yields
         while self._available <= 0:
             await self._lot.park()
         granted = min(want, self._available)
@@ -298,7 +298,11 @@ class Tailer:
     async def _wait(self) -> None:
         partial = self._partial_since + self._partial_timeout if self._held else math.inf
         leaving = self._leaving_quiet_at if self._leaving_quiet_at is not None else math.inf
-        with trio.move_on_at(min(partial, leaving)):
+        wake_at = min(partial, leaving)
+        if wake_at == math.inf:  # the usual case: no cancel scope and deadline to set up and take down
+            await self._poked.wait()
+            return
+        with trio.move_on_at(wake_at):
             await self._poked.wait()
 
     async def _read_to_eof(self) -> int:
@@ -313,8 +317,11 @@ class Tailer:
                 await self._send(len(self._buffer))
                 continue
             granted = 0
-            with trio.move_on_at(self._partial_since + self._partial_timeout if self._held else math.inf):
+            if not self._held:
                 granted = await self._budget.acquire(space)
+            else:
+                with trio.move_on_at(self._partial_since + self._partial_timeout):
+                    granted = await self._budget.acquire(space)
             if not granted:  # out of budget while holding a partial line: send it, so it can be acknowledged
                 await self._flush_partial()
                 continue

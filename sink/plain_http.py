@@ -137,7 +137,11 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
     async def _round_trip(self, url: httpx.URL, head: h11.Request, body: bytes,
                           timeouts: Timeouts) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         connect, read, write = timeouts
-        async with self._slots:
+        try:
+            self._slots.acquire_nowait()  # a free connection slot without a yield: the request yields soon
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
             address = (url.host, url.port or 80)
             connection = await self._connection(address, connect)
             try:
@@ -150,6 +154,8 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
                 self._idle.setdefault(address, deque()).append(connection)
             else:
                 await trio.aclose_forcefully(connection.stream)
+        finally:
+            self._slots.release()
         return answer
 
     async def _connection(self, address: tuple[str, int], timeout: float) -> _Connection:

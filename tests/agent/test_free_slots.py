@@ -1,0 +1,70 @@
+"""Taking a free request slot or free read-ahead budget does not yield; waiting ones are served in turn."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import trio
+import trio.testing
+
+from agent.shipper import _Slots
+from agent.tailer import ReadAheadBudget
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of one task: a yield to the scheduler ends one."""
+
+    def __init__(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.steps = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+@contextmanager
+def _no_yield() -> Iterator[None]:
+    steps = _Steps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        yield
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 0, "yielded to the scheduler"
+
+
+async def test_a_free_slot_is_taken_without_yielding() -> None:
+    slots = _Slots(1)
+    with _no_yield():
+        async with slots:
+            assert slots.limiter.borrowed_tokens == 1
+    assert slots.limiter.borrowed_tokens == 0
+
+
+async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.testing.MockClock) -> None:
+    slots = _Slots(1)
+    order: list[str] = []
+
+    async def use(name: str, hold: float) -> None:
+        async with slots:
+            order.append(name)
+            await trio.sleep(hold)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(use, "first", 1.0)
+        await trio.sleep(0.1)
+        nursery.start_soon(use, "waiting", 0.0)
+        await trio.sleep(0.1)  # "waiting" is parked on the limiter now
+        await trio.sleep(0.7)  # "first" still holds it
+        with trio.move_on_after(0):  # a newcomer finds the slot owed to "waiting"
+            await use("newcomer", 0.0)
+    assert order == ["first", "waiting"]
+
+
+async def test_free_budget_is_taken_without_yielding() -> None:
+    budget = ReadAheadBudget(10)
+    with _no_yield():
+        assert await budget.acquire(4) == 4
+    assert budget.in_use == 4
