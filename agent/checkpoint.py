@@ -4,11 +4,15 @@ Per stream the agent keeps (DESIGN.md, "Exactly once, end to end"): the file's
 identity, the file offset shipped, the object key, the object length it
 expects, and at most one *intent* "append file bytes [f0, f1) at object offset
 r0, making it r1", recorded before the PUT goes out.  While that append is on
-the wire the next one may be recorded too (``next_intent``, from r1 to r2), so
-a busy stream's PUTs do not wait for a checkpoint write each: after a crash
-the object's length says which of them landed (r0: none, r1: the first, r2:
-both; anything else is a conflict).  The transitions on ``StreamState`` are
-pure and refuse steps that would lose or repeat bytes.
+the wire the next one may be recorded too (``next_intent``, from r1 to r2), and
+the ones after it whose bytes are already read (``later_intents``, r2 to r3,
+...: one write covers several appends), so a busy stream's PUTs do not wait for
+a checkpoint write each and its flushes do not queue with the server's at the
+disk for every append.  The appends go out in the recorded order, each only
+after the one before it landed, so after a crash the object's length says how
+many of them landed (r0: none, r1: the first, r2: two, ...; anything else is
+a conflict).  DESIGN.md's single intent is the case of one.  The transitions
+on ``StreamState`` are pure and refuse steps that would lose or repeat bytes.
 
 Storage (``agent.journal``): a JSON snapshot replaced atomically, and a
 journal of the states changed since, one JSON line each, so a write costs
@@ -66,35 +70,52 @@ class StreamState:
     object_length: int = 0  # the object's length once every recorded append has landed
     intent: Intent | None = None
     next_intent: Intent | None = None  # the append after ``intent``, recorded while ``intent`` is on the wire
+    later_intents: tuple[Intent, ...] = ()  # the appends after ``next_intent``, recorded in the same write
+
+    @property
+    def pending(self) -> tuple[Intent, ...]:
+        """Every recorded append not known to have landed, in the order they go out."""
+        if self.intent is None:
+            return ()
+        if self.next_intent is None:
+            return (self.intent,)
+        return (self.intent, self.next_intent, *self.later_intents)
 
     # -- pure transitions ----------------------------------------------------
 
     def with_intent(self, intent: Intent) -> StreamState:
-        """Record an append about to be sent (with one pending: the append that follows it)."""
-        if self.next_intent is not None:
-            raise CheckpointConflict(f"{self.stream}: an intent is already pending ({self.intent}, then {self.next_intent})")
+        """Record an append about to be sent, after those already recorded (it follows the last of them)."""
         if intent.f1 < intent.f0 or intent.r1 < intent.r0 or intent.f0 < 0:
             raise CheckpointConflict(f"{self.stream}: intent ranges are backwards: {intent}")
-        if self.intent is not None:
-            if intent.r0 != self.intent.r1:
-                raise CheckpointConflict(f"{self.stream}: next intent starts at object offset {intent.r0}, "
-                                         f"expected {self.intent.r1}")
+        pending = self.pending
+        expected = pending[-1].r1 if pending else self.object_length
+        if intent.r0 != expected:
+            which = "next intent" if pending else "intent"
+            raise CheckpointConflict(f"{self.stream}: {which} starts at object offset {intent.r0}, expected {expected}")
+        if self.intent is None:
+            return replace(self, intent=intent)
+        if self.next_intent is None:
             return replace(self, next_intent=intent)
-        if intent.r0 != self.object_length:
-            raise CheckpointConflict(f"{self.stream}: intent starts at object offset {intent.r0}, expected {self.object_length}")
-        return replace(self, intent=intent)
+        return replace(self, later_intents=(*self.later_intents, intent))
 
     def landed(self) -> StreamState:
         """The pending append is in the object (200, or a HEAD showing length r1); the next one, if any, is pending now."""
         intent = self._pending()
+        later = self.later_intents
         return replace(self, identity=intent.identity, offset=intent.f1, object_length=intent.r1,
-                       intent=self.next_intent, next_intent=None)
+                       intent=self.next_intent, next_intent=later[0] if later else None, later_intents=later[1:])
 
     def not_landed(self) -> StreamState:
         """The pending append is not in the object (a HEAD showed r0): it will be sent again, and so
-        will the next one (never sent: it could only follow the first)."""
+        will those recorded after it (never sent: each could only follow the one before it)."""
         self._pending()
-        return replace(self, intent=None, next_intent=None)
+        return replace(self, intent=None, next_intent=None, later_intents=())
+
+    def only_first(self) -> StreamState:
+        """Forget the appends recorded after the pending one (none of them was sent): what goes after it
+        will be recorded again before it goes."""
+        self._pending()
+        return replace(self, next_intent=None, later_intents=())
 
     def settled_at(self, length: int) -> StreamState | None:
         """The state once the object is known to be ``length`` long (after a restart: a HEAD);
@@ -143,6 +164,8 @@ class StreamState:
         }
         if self.next_intent is not None:  # absent otherwise: files stay as they were for an idle stream
             document["next_intent"] = _intent_json(self.next_intent)
+        if self.later_intents:
+            document["later_intents"] = [_intent_json(intent) for intent in self.later_intents]
         return document
 
     @classmethod
@@ -152,6 +175,12 @@ class StreamState:
         next_intent = _intent_from_json(data.get("next_intent"))
         if next_intent is not None and (intent is None or next_intent.r0 != intent.r1):
             raise ValueError(f"next_intent {next_intent} does not follow intent {intent}")
+        later = tuple(_intent_from_json(raw) for raw in data.get("later_intents", ()))  # type: ignore[union-attr]
+        before = next_intent
+        for each in later:
+            if before is None or each is None or each.r0 != before.r1:
+                raise ValueError(f"later intent {each} does not follow {before}")
+            before = each
         key = data["key"]
         if not isinstance(key, str):
             raise ValueError(f"key is not a string: {key!r}")
@@ -163,6 +192,7 @@ class StreamState:
             object_length=_int(data["object_length"]),
             intent=intent,
             next_intent=next_intent,
+            later_intents=later,  # type: ignore[arg-type]
         )
 
 

@@ -4,15 +4,17 @@
   recorded.  With no intent on record no HEAD is needed: the first append
   goes out at that length and the server's offset check refuses it if the
   object is not that long (the writer then finds the conflict).  With an
-  intent (and perhaps the next one), one HEAD decides it: the length says
-  which of them landed (``StreamState.settled_at``); any other length is a
-  conflict.
+  intent (and perhaps those recorded after it), one HEAD decides it: the
+  length says how many of them landed (``StreamState.settled_at``); any other
+  length is a conflict.
 * ``roll_if_due``: before an append, move to the next key when a ``roll``
   limit is reached or the rendered key changed (``agent.pacing``); a target
   that already holds data is skipped, never appended to.
 * ``on_intent``: the writer announces every send; it must be the append
-  recorded, unless the server refused the object as full (``TooManyParts``)
-  and the writer rolled over by itself: then the intent is re-recorded.
+  recorded first, the same file bytes at the same place.  If not (the server
+  refused the object as full, ``TooManyParts``, and the writer rolled over by
+  itself; or appends recorded ahead were taken otherwise), nothing recorded
+  was sent: the append is recorded again, alone, before it goes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Awaitable, Callable
 import structlog
 
 from agent import events
-from agent.checkpoint import Intent
+from agent.ahead import MAX_PENDING, whole_appends
+from agent.checkpoint import Intent, StreamState
 from agent.lanes import Lane
 from agent.metrics import AgentMetrics
 from agent.pacing import ObjectSoFar, index_under, part_key, period_of, roll_target
@@ -76,13 +79,14 @@ class StreamObjects:
         length = await writer.open()
         settled = state.settled_at(length)
         if settled is None:
-            lengths = [intent.r0, intent.r1] + ([state.next_intent.r1] if state.next_intent else [])
+            lengths = [intent.r0] + [each.r1 for each in state.pending]
             raise ConflictError("the object is not as the recorded appends left it", bucket=self.bucket, key=state.key,
                                 expected=" or ".join(map(str, lengths)), actual=length)
         verdict = Reconciled.LANDED if settled.object_length > state.object_length else Reconciled.NOT_LANDED
         lane.state = settled
         log.info(events.INTENT_RESOLVED, stream=lane.stream, key=state.key, verdict=verdict.value, length=length,
-                 f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1, next_r1=state.next_intent and state.next_intent.r1)
+                 f0=intent.f0, f1=intent.f1, r0=intent.r0, r1=intent.r1, recorded=len(state.pending),
+                 last_r1=state.pending[-1].r1)
         lane.writer = writer
         return True
 
@@ -93,6 +97,21 @@ class StreamObjects:
         period = period_of(now, lane.route.input.roll.every)
         current = ObjectSoFar(lane.state.key, length, appends, lane.period or period)
         return roll_target(lane.route.input.roll, current, lane.route.base_key(now), period, body) is not None
+
+    def with_appends_ahead(self, lane: Lane, state: StreamState, max_bytes: int) -> StreamState:
+        """``state`` with the whole appends queued in ``lane`` recorded after its last one (``agent.ahead``),
+        up to ``MAX_PENDING`` in all, stopping before one that would go to another object.  Only
+        without compression: a compressed body's length is known once it is encoded."""
+        if lane.route.input.compression != "none":
+            return state
+        pending = len(state.pending)
+        for intent in whole_appends(lane.queue, max_bytes, state.pending[-1]):
+            if pending >= MAX_PENDING or self.roll_due(lane, intent.r1 - intent.r0, length=intent.r0,
+                                                        appends=lane.appends + pending):
+                break
+            state = state.with_intent(intent)
+            pending += 1
+        return state
 
     async def roll_if_due(self, lane: Lane, body: int) -> None:
         """Move ``lane`` to its next object if the ``body`` bytes about to go must not join this one."""
@@ -121,13 +140,16 @@ class StreamObjects:
         lane.writer, lane.appends, lane.period = writer, 0, period
 
     async def on_intent(self, lane: Lane, announced: sink_append.Intent) -> None:
-        """The writer is about to send: it must be the append recorded, unless the server made it roll over."""
+        """The writer is about to send: it must be the append recorded first (its place and its file bytes)."""
         state, recorded = lane.state, lane.state.intent
-        if recorded is not None and (announced.key, announced.offset, announced.length) == (state.key, recorded.r0, recorded.r1 - recorded.r0):
-            return
-        # The server refused the object as full (TooManyParts): nothing landed, the writer moved on.
         assert lane.retry is not None
         batches, _ = lane.retry
+        if recorded is not None and (announced.key, announced.offset, announced.length) == (state.key, recorded.r0, recorded.r1 - recorded.r0) \
+                and (recorded.identity, recorded.f0, recorded.f1) == (batches[-1].identity, batches[0].offset, batches[-1].end):
+            return
+        # Not the append recorded: the server refused the object as full (TooManyParts) and the writer moved on,
+        # or appends recorded ahead were taken otherwise.  Nothing recorded was sent (only the first may have been,
+        # and it was refused): record this one alone, durably, before it goes.
         if recorded is not None:
             state = state.not_landed()
         if announced.key != state.key:

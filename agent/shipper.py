@@ -402,13 +402,15 @@ class Shipper:
     def _worth_preparing(self, lane: Lane, size: int) -> bool:
         """Behind (a full append already queued): the next append is the same whenever it is taken, so take it now.
         Otherwise bytes read meanwhile would miss it and wait a whole turn longer."""
-        if lane.queued < self.max_bytes or lane.state.next_intent is not None or lane.stream in self._prepared:
+        if lane.queued < self.max_bytes or lane.stream in self._prepared:
             return False
         r1 = lane.state.object_length + size
         return not self._objects.roll_due(lane, self.max_bytes, length=r1, appends=lane.appends + 1)
 
     async def _prepare_next(self, lane: Lane, sending: Intent, failures: list[Exception]) -> None:
-        """Take the lane's next batches and record their append after ``sending`` (durably, group-committed).
+        """Take the lane's next batches and record their append after ``sending`` (durably, group-committed),
+        unless an earlier write recorded it ahead; a write records the whole appends queued behind it too
+        (``StreamObjects.with_appends_ahead``): one flush per few appends.
 
         The batches are the shipper's until that turn (``_prepared``).  If the append
         on the wire did not keep its recorded place (the server made the writer roll
@@ -419,9 +421,10 @@ class Shipper:
         try:
             body = await self._encode(lane, batches)
             state = lane.state
-            if lane.failed is None and state.intent == sending and state.next_intent is None:
-                r0 = sending.r1
-                lane.state = state.with_intent(Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body)))
+            r0 = sending.r1
+            following = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
+            if lane.failed is None and state.intent == sending and state.next_intent != following:
+                lane.state = self._objects.with_appends_ahead(lane, state.only_first().with_intent(following), self.max_bytes)
                 await self._save_with(lane)
         except Exception as exc:  # a checkpoint that cannot be written: the turn raises it, nothing more is sent
             failures.append(exc)

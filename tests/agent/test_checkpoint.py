@@ -52,7 +52,7 @@ def test_not_landed_keeps_progress_and_clears_intent() -> None:
     [
         (lambda s: s.with_intent(Intent(OLD, 100, 150, 90, 140)), "expected 100"),
         (lambda s: s.with_intent(Intent(OLD, 100, 150, 100, 150)).with_intent(Intent(OLD, 150, 160, 150, 160))
-         .with_intent(Intent(OLD, 160, 170, 160, 170)), "already pending"),
+         .with_intent(Intent(OLD, 160, 170, 150, 160)), "expected 160"),
         (lambda s: s.with_intent(Intent(OLD, 100, 150, 100, 150)).with_intent(Intent(OLD, 150, 160, 140, 150)), "expected 150"),
         (lambda s: s.with_intent(Intent(OLD, 150, 100, 100, 150)), "backwards"),
         (lambda s: s.landed(), "no append is pending"),
