@@ -13,7 +13,7 @@ A batch goes through two stages, each its own thread, in order:
 
 1. the flusher writes each job's last body bytes and makes them durable with
    one flush (``DataFiles.sync_writes``) -- data must be on disk before the
-   index says it is there -- except a small append's (below);
+   index says it is there -- except small appends, which skip it (below);
 2. the indexer runs one transaction and COMMIT for every flushed batch
    waiting, makes it durable (the WAL fsync, or ``flush_after_commit``), then
    runs ``after`` of each committed job (unlink replaced data files), and
@@ -21,9 +21,9 @@ A batch goes through two stages, each its own thread, in order:
 
 One flush for small appends: given ``flush_after_commit`` (one syncfs of the
 filesystem holding the index and the data files, the WAL at synchronous=NORMAL),
-an append of at most ``UNFLUSHED_MAX`` bytes skips the flusher's flush: its
-bytes are written, the index commit follows, and that one flush after it makes
-both durable before the writer is resumed.  A crash before the flush may leave
+an append of at most ``UNFLUSHED_MAX`` bytes skips the flusher: the indexer
+writes its bytes, commits, and that one flush after the commit makes both
+durable before the writer is resumed.  A crash before the flush may leave
 the commit on disk without the bytes, so such a commit keeps the object's
 previous state in the index (``index.update_appended_rows``) and start-up
 recovery checks the appended bytes against the new CRC32, putting the row back
@@ -177,10 +177,14 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("storage is closed")
         job.parked = trio.lowlevel.current_task()
+        pending = job.pending
+        if self._flush_after_commit is not None and job.appended is not None and pending is not None \
+                and job.appended[0] - pending.base <= UNFLUSHED_MAX:  # appended[0]: the object's new size
+            job.unflushed = True
         if self._turns is not None:
             self._outbox.append(job)  # handed over with the rest of this turn's, before the loop's I/O wait
         else:
-            self._inbox.put([job])
+            self._send([job])
         # The wake-up comes from this thread, which cannot run it before this task parks.
         await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
@@ -212,7 +216,19 @@ class GroupCommitter:
         """The jobs of this turn go to the worker together: one wake-up of it, and one batch."""
         if self._outbox:
             jobs, self._outbox = self._outbox, []
-            self._inbox.put(jobs)
+            self._send(jobs)
+
+    def _send(self, jobs: list[CommitJob]) -> None:
+        """Jobs whose bytes are flushed after their commit skip the flusher: the indexer
+        writes them (one thread's wake-up per batch, not two).  Their objects are in no
+        other batch, so passing the flusher's batches changes nothing for them."""
+        later = [job for job in jobs if job.unflushed] if self._flush_after_commit is not None else []
+        if later:
+            self._flushed.put(later)
+            if len(later) == len(jobs):
+                return
+            jobs = [job for job in jobs if not job.unflushed]
+        self._inbox.put(jobs)
 
     def _wake_finished(self) -> None:
         """Resume the writers of every finished batch."""
@@ -237,8 +253,6 @@ class GroupCommitter:
         while (batch := self._inbox.take()) is not None:
             try:
                 self._write_and_flush(batch)
-                self.batches += 1
-                self.jobs += len(batch)
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
                 _failed(batch, exc)
             self._flushed.put(batch)
@@ -249,6 +263,9 @@ class GroupCommitter:
         then resume its writers."""
         while (batch := self._flushed.take()) is not None:
             try:
+                self.batches += 1
+                self.jobs += len(batch)
+                _write_unflushed(batch)
                 ready = [job for job in batch if job.error is None]
                 if self._flush_after_commit is None or all(job.unflushed for job in ready):
                     committed = self._commit_batch(ready)
@@ -299,7 +316,6 @@ class GroupCommitter:
 
     def _write_and_flush(self, batch: list[CommitJob]) -> None:
         written: list[PendingWrite] = []
-        flush_later = self._flush_after_commit is not None
         for job in batch:
             pending = job.pending
             if pending is None:
@@ -309,9 +325,6 @@ class GroupCommitter:
             except Exception as exc:
                 job.error = exc
                 _discard(job)
-                continue
-            if flush_later and job.appended is not None and job.appended[0] - pending.base <= UNFLUSHED_MAX:
-                job.unflushed = True  # appended[0]: the object's new size
             else:
                 written.append(pending)
         if not written:
@@ -382,6 +395,17 @@ class GroupCommitter:
             else:
                 _refuse([job], RuntimeError(f"append to {job.appended[6]}/{job.appended[7]} found no row for its data file"))  # type: ignore[index]
         return done
+
+
+def _write_unflushed(batch: list[CommitJob]) -> None:
+    """Write the last bytes of the jobs that skipped the flusher."""
+    for job in batch:
+        if job.unflushed and job.error is None:
+            try:
+                job.pending.finish_writing(job.tail)  # type: ignore[union-attr]
+            except Exception as exc:
+                job.error = exc
+                _discard(job)
 
 
 def _after(committed: list[CommitJob]) -> None:
