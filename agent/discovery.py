@@ -20,13 +20,14 @@ Tailers are poked in rounds, paced to the shipper's turn interval (reading
 more often than a stream can ship only costs CPU): each round stats every
 tailed path in one worker-thread call and notes the paths whose file grew or
 changed, and those the watcher named (a rename, a deletion, a rescan).  A
-noted stream is poked at once unless it already waits for a turn, or was
-poked as the turn it is in began: a waiting stream is read once
-more as its turn comes within ``LEAD`` and once as its turn begins (checked
-every ``LEAD / 4``), whatever the rounds saw.  So a busy stream is read
-about twice per append, the second read queues it again at once (not when
-the next round notices), and each append carries what was written until
-``LEAD`` before it, rather than three reads and up to a round old.  After a quiet round the
+noted stream that neither waits for a turn nor is in one takes its place in
+line at once, before it is read (``Shipper.expect``), and so does every
+stream as its turn ends.  A waiting stream is read as its turn comes within
+``LEAD`` (checked every ``LEAD / 4``; at once when its place is that near
+already), so each append carries what was written until ``LEAD`` before it,
+and a busy stream costs one read per append (it was two: one to queue it,
+one before its turn).  A place whose turn comes with nothing read passes
+(its token spent: that gives the read the turns ahead's time to land).  After a quiet round the
 pause doubles, up to half a second, so idle files cost next to nothing and
 a line after a quiet spell is still read within the second.  The watcher
 does not report writes: with a thousand busy files, one event per write
@@ -114,11 +115,12 @@ class Streams:
         self._skipped: set[tuple[str, int, int]] = set()  # (path, dev, inode) reported as read by another stream
         self._unreadable: set[tuple[str, str]] = set()  # (path, reason) already warned about
         self._pokes: set[str] = set()  # named by the watcher: poked in the next round
-        self._poked_lately: set[str] = set()  # poked around their turns since the last round: not again
+        self._near: set[str] = set()  # waiting streams read as their turns came near (``_poke_before_turns``)
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._expected = 1  # streams expected: sizes each tailer's share of the read-ahead
         self._file_calls = FileCalls(FILE_THREADS)  # the tailers' reads and stats share worker-thread hops
+        shipper.on_expected = self._read_if_near
 
     @property
     def tailers(self) -> dict[str, Tailer]:
@@ -227,29 +229,39 @@ class Streams:
             busy = max(MIN_POKE_PAUSE, POKE_PAUSE_PER_FILE * len(paths), self.shipper.turn_interval() / 2)
             pause = min(MAX_POKE_PAUSE, busy if changed else max(busy, 2 * pause))
             waiting = self.shipper.waiting_beyond(0)  # read as their turns come near (``_poke_before_turns``)
-            in_turn = {path for path in self._poked_lately if (lane := self.shipper.lane(path)) is not None and lane.busy}
-            for path in changed - waiting - in_turn:  # a stream poked as its turn began was read then
+            lead = self._lead_turns()
+            for path in changed - waiting:
                 tailer = self._tailers.get(path)
-                if tailer is not None:
-                    tailer.poke()
-            self._poked_lately = set()
+                lane = self.shipper.lane(path)
+                if tailer is None or (lane is not None and lane.busy):
+                    continue  # in a turn: expected again as it ends
+                place = self.shipper.expect(path)  # a place in line now, read as it comes near
+                if place is None or place < lead:
+                    self._read_now(path, tailer)
             await trio.sleep(pause)
 
     async def _poke_before_turns(self) -> None:
-        """Read each waiting stream once more as its turn comes within ``LEAD`` (its append carries what is
-        new), and again as the turn starts: what is written meanwhile queues it at once for its next turn,
-        rather than when the next round notices (up to half a second later, a half second every line waits)."""
-        near_before: set[str] = set()
+        """Read each waiting stream as its turn comes within ``LEAD``: its append carries what was written
+        until then.  A stream takes its place in line before it is read (``Shipper.expect``: when a round
+        sees its file change, and again as each of its turns ends), so one read per append is enough."""
         while True:
             near = set(self.shipper.waiting_within(self._lead_turns()))
-            poke = near ^ near_before  # come near, or gone (their turns began)
-            for path in poke:
+            for path in near - self._near:  # come near since the last look
                 tailer = self._tailers.get(path)
                 if tailer is not None:
                     tailer.poke()
-            self._poked_lately |= poke
-            near_before = near
+            self._near = near
             await trio.sleep(LEAD / 4)
+
+    def _read_if_near(self, path: str, place: int) -> None:
+        """``Shipper.on_expected``: a stream back in line as its turn ended is read now if its turn is near."""
+        tailer = self._tailers.get(path)
+        if tailer is not None and place < self._lead_turns():
+            self._read_now(path, tailer)
+
+    def _read_now(self, path: str, tailer: Tailer) -> None:
+        tailer.poke()
+        self._near.add(path)  # not again as ``_poke_before_turns`` finds it near
 
     def _lead_turns(self) -> int:
         return math.ceil(LEAD * self.shipper.rate)

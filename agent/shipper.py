@@ -133,6 +133,8 @@ class Shipper:
         self._nursery: trio.Nursery | None = None
         self._since_gc = 0
         self._prepared: dict[str, tuple[tuple[Batch, ...], bytes]] = {}  # next appends taken while one was on the wire
+        # Told of a stream expected again as its turn ends, with its place (discovery reads it now if that is near).
+        self.on_expected: Callable[[str, int], None] | None = None
         self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
                                       wall_clock=wall_clock, record=self._save_with)
 
@@ -176,6 +178,24 @@ class Shipper:
     def waiting_within(self, turns: int) -> list[str]:
         """Streams whose turns come within the next ``turns`` turns, soonest first (the app reads them now)."""
         return list(itertools.islice(self._ready, turns))
+
+    def expect(self, stream: str) -> int | None:
+        """Give a stream whose file changed its place in the turn order before its new bytes are read.
+
+        They are read once, as the turn comes near (``agent.discovery``), rather than
+        once to queue the stream and once more before its turn.  The place takes its
+        token like any turn, so the read has the time of the turns ahead to land
+        (``LEAD``); if it found nothing, the place passes.  A stream is expected again
+        as each of its turns ends, too.  Returns the place (0: next), or ``None`` when
+        the stream cannot wait for a turn now (unknown, failed, paused, in a turn,
+        already waiting, or draining)."""
+        lane = self._lanes.get(stream)
+        if lane is None or lane.failed is not None or lane.blocked or lane.busy or self._draining or stream in self._ready:
+            return None
+        if not self._ready:  # otherwise the dispatcher already waits for a token or a turn's end
+            self._wakeup()
+        self._ready[stream] = lane
+        return len(self._ready) - 1
 
     async def resolve(self, stream: str) -> StreamState | None:
         """Open the stream's object and settle an append recorded before a restart (HEAD).
@@ -276,6 +296,8 @@ class Shipper:
             # The first ready lanes only (no copy of all of them: a thousand wait while tokens are out).
             while self._ready and self._running < self._max_turns and self._may_go(next(iter(self._ready.values())), now):
                 _, lane = self._ready.popitem(last=False)
+                if not lane.has_work:
+                    continue  # expected, and its read as the turn came near found nothing: the place passes
                 lane.busy = True
                 self._running += 1
                 self._nursery.start_soon(self._turn, lane)
@@ -308,8 +330,11 @@ class Shipper:
             # changes what it waits for only if every turn was taken, or nothing waited, or it drains.
             dispatcher_stuck = self._running >= self._max_turns or not self._ready or self._draining
             self._running -= 1
-            if lane.failed is None and not lane.blocked and lane.has_work:
+            # Back in line: with what was read meanwhile, or expected (its file is read as the turn comes near).
+            if lane.failed is None and not lane.blocked and (lane.has_work or not self._draining):
                 self._ready[lane.stream] = lane
+                if not lane.has_work and self.on_expected is not None:
+                    self.on_expected(lane.stream, len(self._ready) - 1)
             if dispatcher_stuck:
                 self._wakeup()
             self.notify()

@@ -1,4 +1,5 @@
-"""A waiting stream is read as its turn comes near and again as the turn begins (exact virtual time)."""
+"""A waiting stream is read once, as its turn comes near; one put in line near its turn is read at once
+(exact virtual time)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class _Shipper:
     def waiting_within(self, turns: int) -> list[str]:
         return self.ready[:turns]
 
+    on_expected = None  # Streams sets it
+
 
 class _Tailer:
     def __init__(self, name: str, pokes: Counter[str]) -> None:
@@ -34,25 +37,46 @@ class _Tailer:
         self.pokes[self.name] += 1
 
 
-async def test_each_waiting_stream_is_poked_as_it_comes_near_and_as_its_turn_begins(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
-) -> None:
-    mock_clock.autojump_threshold = 0
-    shipper = _Shipper(["a", "b", "c", "d"])
+def _streams(tmp_path: Path, shipper: _Shipper, pokes: Counter[str]) -> Streams:
     chunks, _ = trio.open_memory_channel(0)
     streams = Streams(agent_config(tmp_path, "http://127.0.0.1:1", "logs"), shipper, None, ReadAheadBudget(1), chunks,  # type: ignore[arg-type]
                       host="h", metrics=AgentMetrics())
+    streams._tailers = {name: _Tailer(name, pokes) for name in "abcde"}  # type: ignore[misc]
+    return streams
+
+
+async def test_each_waiting_stream_is_poked_once_as_it_comes_near(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+    shipper = _Shipper(["a", "b", "c", "d"])
     pokes: Counter[str] = Counter()
-    streams._tailers = {name: _Tailer(name, pokes) for name in "abcd"}  # type: ignore[misc]
+    streams = _streams(tmp_path, shipper, pokes)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(streams._poke_before_turns)
         # Looks at 0, LEAD/4, LEAD/2...; the test acts between two of them (a tie's order is trio's to choose).
         await trio.sleep(LEAD + LEAD / 8)  # five looks: the first two turns are near, poked once however long they stay
         assert pokes == Counter(a=1, b=1)
-        shipper.ready.remove("a")  # a's turn begins: c comes near
+        shipper.ready.remove("a")  # a's turn begins: c comes near; a is not read again (its turn has its bytes)
         await trio.sleep(LEAD / 4)
-        assert pokes == Counter(a=2, b=1, c=1)
-        assert streams._poked_lately == {"a", "b", "c"}  # the next round leaves them be while their turns run
+        assert pokes == Counter(a=1, b=1, c=1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_back_in_line_is_read_at_once_only_if_its_turn_is_near(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    shipper = _Shipper(["a", "b", "c"])
+    pokes: Counter[str] = Counter()
+    streams = _streams(tmp_path, shipper, pokes)
+    assert shipper.on_expected == streams._read_if_near  # type: ignore[comparison-overlap]
+    streams._read_if_near("d", 1)  # within LEAD * rate = 2 turns: read now
+    streams._read_if_near("e", 2)  # further: read as it comes near
+    assert pokes == Counter(d=1)
+    shipper.ready = ["d", "e"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(streams._poke_before_turns)
+        await trio.sleep(LEAD / 8)  # one look: d was read already, e comes near now
+        assert pokes == Counter(d=1, e=1)
         nursery.cancel_scope.cancel()
 
 
