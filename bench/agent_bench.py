@@ -19,6 +19,7 @@ raw-socket requests (``bench.raws3``), one listing for many objects.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -84,6 +85,14 @@ def ship_one(server: ServerProcess, workdir: Path, staged: Path, timeout: float)
     return first - started, done - started
 
 
+def server_put_ms(server: ServerProcess, key: str) -> float:
+    """The server's median time on ``key``'s PUTs (its request log: from the head to the answer, the body's
+    arrival included): where an append's time goes, the server's side or the client's."""
+    durations = sorted(e["duration_ms"] for e in list(server.events)
+                       if e.get("event") == "request" and e.get("method") == "PUT" and e.get("key") == key)
+    return durations[len(durations) // 2] if durations else math.nan
+
+
 def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int) -> list[Row]:
     """One stream, ``rounds`` times, each next to the bare loop on the same file (which goes first
     alternates between rounds); then ``many`` at once."""
@@ -96,7 +105,7 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
         with RawS3(server.port) as s3:
             s3.create_bucket(BUCKET)
         agent = AgentProcess(agent_config(workdir, server.url, BUCKET)).start().wait_ready()
-        ceilings, ours, cpus, per_mib, starts = [], [], [], [], []
+        ceilings, ours, cpus, per_mib, starts, server_ms = [], [], [], [], [], []
         for r in range(rounds):
             single = staging / f"one{r}.log"
             size = write_file(single, round_mib * MiB, single.name)
@@ -111,6 +120,7 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
             per_mib.append(cpu * 1e3 / round_mib)
             starts.append(first)
             ours.append(size / seconds / 1e6)
+            server_ms.append((server_put_ms(server, f"{HOST}/{single.name}"), server_put_ms(server, f"ceiling/{single.name}")))
         batch = [staging / f"m{i:03d}.log" for i in range(many)]
         for path in batch:
             write_file(path, many_mib * MiB, path.name)
@@ -130,7 +140,8 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
         ("agent, one stream of 100-byte lines", f"{one:,.0f} MB/s, {one * 1e6 / LINE:,.0f} lines/s",
          f"{median(ratios):.2f}x ceiling (each round next to its ceiling: "
          + ", ".join(f"{x:.2f}" for x in ratios) + f"), agent CPU {median(cpus):.2f} core, "
-         f"{median(per_mib):.2f} ms per MiB; first bytes {median(starts) * 1e3:.0f} ms after the file appears (counted)",
+         f"{median(per_mib):.2f} ms per MiB; first bytes {median(starts) * 1e3:.0f} ms after the file appears (counted); "
+         f"the server's median PUT {median(a for a, _ in server_ms):.2f} ms (bare loop's {median(b for _, b in server_ms):.2f})",
          "target >= 0.8x and >= 80 MB/s"),
         (f"agent, {many} streams at once ({many_mib} MiB each)", f"{many_mbs:,.0f} MB/s aggregate",
          f"{many_mbs / ceiling:.2f}x ceiling", ""),
