@@ -9,26 +9,29 @@ jobs go to the worker together just before the loop checks for I/O, and the
 writers of finished batches are resumed just after it; only an event loop that
 may be asleep is woken through ``TrioToken.run_sync_soon``.
 
-A batch goes through two stages, each its own thread, in order:
+A batch goes through these stages, each its own thread(s), in order:
 
 1. the flusher writes each job's last body bytes and makes them durable with
    one flush (``DataFiles.sync_writes``) -- data must be on disk before the
    index says it is there -- except small appends, which skip it (below);
-2. the indexer runs one transaction and COMMIT for every flushed batch
-   waiting, makes it durable (the WAL fsync, or ``flush_after_commit``), then
-   runs ``after`` of each committed job (unlink replaced data files), and
-   resumes the writers.
+2. the indexer runs one transaction and COMMIT (the WAL fsync) for every
+   flushed batch waiting, then runs ``after`` of each committed job (unlink
+   replaced data files), and resumes the writers -- or, for a batch with small
+   appends, hands it to
+3. a syncer (``SYNCERS`` threads), which runs ``flush_after_commit``, then the
+   ``after`` clean-ups, and resumes the writers.
 
 One flush for small appends: given ``flush_after_commit`` (one syncfs of the
 filesystem holding the index and the data files, the WAL at synchronous=NORMAL),
 an append of at most ``UNFLUSHED_MAX`` bytes skips the flusher: the indexer
-writes its bytes, commits, and that one flush after the commit makes both
-durable before the writer is resumed.  A crash before the flush may leave
+writes its bytes and commits, and one flush after the commit (a syncer's) makes
+both durable before the writer is resumed.  A crash before the flush may leave
 the commit on disk without the bytes, so such a commit keeps the object's
 previous state in the index (``index.update_appended_rows``) and start-up
 recovery checks the appended bytes against the new CRC32, putting the row back
-when they differ (``server.recovery``).  An object is in one batch at a time, so
-only its last append can be unverified.  Measured with 16 connections of 1 KiB
+when they differ (``server.recovery``).  Several batches may await their flush
+at once, but an object is in one batch at a time (its writer holds the object's
+lock until the outcome), so only its last append can be unverified.  Measured with 16 connections of 1 KiB
 appends: two device flushes per batch (~0.5-1 ms each here) were most of an
 append's wait for its commit while the event loop sat idle.
 
@@ -79,6 +82,7 @@ from server.datafiles import DataFiles, PendingWrite
 log = structlog.get_logger()
 
 UNFLUSHED_MAX = 1024 * 1024  # an append up to this size is flushed after its commit: recovery reads it back
+SYNCERS = 2  # flushes after commits that may run at once (batches in flight between commit and flush)
 
 
 @dataclass(eq=False, slots=True)
@@ -157,10 +161,16 @@ class GroupCommitter:
         self._turns: _TurnHandOver | None = _TurnHandOver(self)
         trio.lowlevel.add_instrument(self._turns)
         self._flushed = _Pipe()  # batches whose data is durable, for the indexer
+        # Committed batches whose flush is still to come, for the syncers; None ends one.
+        self._syncing: queue.SimpleQueue[tuple[list[CommitJob], list[CommitJob]] | None] = queue.SimpleQueue()
+        self._syncers = SYNCERS if flush_after_commit is not None else 0
+        self._conn_lock = threading.Lock()  # the indexer's commits and a syncer's roll-back share the connection
         self._threads = [
             threading.Thread(target=self._flush_batches, daemon=True, name="storage-flusher"),
             threading.Thread(target=self._index_batches, daemon=True, name="storage-indexer"),
-        ]
+            *(threading.Thread(target=self._sync_batches, daemon=True, name=f"storage-syncer-{n}")
+              for n in range(self._syncers)),
+        ]  # fmt: skip
         for thread in self._threads:
             thread.start()
 
@@ -259,26 +269,42 @@ class GroupCommitter:
         self._flushed.close()
 
     def _index_batches(self) -> None:
-        """Stage 2: commit every flushed batch waiting in one transaction, make it durable,
-        then resume its writers."""
+        """Stage 2: commit every flushed batch waiting in one transaction; a batch with
+        appends to flush after the commit goes on to a syncer, any other is done."""
         while (batch := self._flushed.take()) is not None:
             try:
                 self.batches += 1
                 self.jobs += len(batch)
                 _write_unflushed(batch)
                 ready = [job for job in batch if job.error is None]
-                if self._flush_after_commit is None or all(job.unflushed for job in ready):
-                    committed = self._commit_batch(ready)
-                    if self._flush_after_commit is not None:
-                        committed = self._flush_committed(committed)
-                else:  # flushed before: such a commit must be durable itself, as without flush_after_commit
-                    self._conn.execute("PRAGMA synchronous = FULL")
-                    try:
+                with self._conn_lock:
+                    if self._flush_after_commit is None or all(job.unflushed for job in ready):
                         committed = self._commit_batch(ready)
-                    finally:
-                        self._conn.execute("PRAGMA synchronous = NORMAL")
-                    committed = self._flush_committed(committed)
+                    else:  # flushed before: such a commit must be durable itself, as without flush_after_commit
+                        self._conn.execute("PRAGMA synchronous = FULL")
+                        try:
+                            committed = self._commit_batch(ready)
+                        finally:
+                            self._conn.execute("PRAGMA synchronous = NORMAL")
+                if self._syncers and any(job.unflushed for job in committed):
+                    self._syncing.put((batch, committed))
+                    continue
                 _after(committed)
+            except BaseException as exc:  # a bug: the outcome of these jobs is unknown
+                _failed(batch, exc)
+            self._finished(batch)
+        for _ in range(self._syncers):
+            self._syncing.put(None)
+
+    def _sync_batches(self) -> None:
+        """Stage 3: the flush after a batch's commit, then resume its writers.  Several
+        syncers: the next batch commits and starts its flush while this one's runs (with
+        one flush at a time, a slow flush gathered every connection into the next batch,
+        and the event loop waited for it with nothing to do)."""
+        while (item := self._syncing.get()) is not None:
+            batch, committed = item
+            try:
+                _after(self._flush_committed(committed))
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
                 _failed(batch, exc)
             self._finished(batch)
@@ -293,11 +319,12 @@ class GroupCommitter:
             self._flush_after_commit([job.pending for job in unflushed])  # type: ignore[misc]
         except Exception as exc:
             log.error("storage_flush_failed", error=repr(exc), jobs=len(unflushed))
-            self.flush_failures += 1
-            try:
-                index.roll_back_appends(self._conn, [job.appended[6:9] for job in unflushed])  # type: ignore[index]
-            except sqlite3.Error as rollback_exc:  # recovery puts them back at the next start
-                log.error("storage_rollback_failed", error=repr(rollback_exc))
+            with self._conn_lock:
+                self.flush_failures += 1
+                try:
+                    index.roll_back_appends(self._conn, [job.appended[6:9] for job in unflushed])  # type: ignore[index]
+                except sqlite3.Error as rollback_exc:  # recovery puts them back at the next start
+                    log.error("storage_rollback_failed", error=repr(rollback_exc))
             _refuse(unflushed, exc)
             return [job for job in committed if not job.unflushed]
         return committed

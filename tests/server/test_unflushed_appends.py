@@ -212,3 +212,39 @@ async def test_without_fsync_appends_keep_no_previous_state(tmp_path: Path) -> N
         await storage.write_object("b", "k", body(b"x"), offset=0)
         await storage.write_object("b", "k", body(b"y"), offset=1)
     assert unflushed(data_dir) == []
+
+
+async def test_a_batch_is_flushed_and_acknowledged_while_the_one_before_still_flushes(tmp_path: Path) -> None:
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        for key in ("x", "y"):
+            await storage.write_object("b", key, body(b"one"), offset=0)
+        committer = storage._committer
+        flush, first_flushing, release = committer._flush_after_commit, threading.Event(), threading.Event()
+        calls = []
+
+        def first_held(writes: list) -> None:
+            calls.append(len(writes))
+            if len(calls) == 1:
+                first_flushing.set()
+                release.wait(60)
+            flush(writes)
+
+        committer._flush_after_commit = first_held
+        done: list[str] = []
+
+        async def append(key: str) -> None:
+            await storage.write_object("b", key, body(b"+two"), offset=3)
+            done.append(key)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, "x")
+            try:
+                assert await trio.to_thread.run_sync(first_flushing.wait, 10)
+                with trio.fail_after(10):
+                    await append("y")  # committed, flushed and acknowledged by another syncer
+                assert done == ["y"]
+            finally:
+                release.set()
+        assert done == ["y", "x"]
+        assert [await content(storage, key) for key in ("x", "y")] == [b"one+two", b"one+two"]
