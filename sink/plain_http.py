@@ -51,8 +51,9 @@ class _Connection:
             return True
         return False
 
-    async def next_event(self, deadline: float) -> h11.Event:
-        """h11's next event of the answer, reading from the socket as it needs."""
+    async def next_event(self) -> h11.Event:
+        """h11's next event of the answer, reading from the socket as it needs (the caller's cancel
+        scope holds the read deadline: one per exchange, not one per read)."""
         while True:
             try:
                 event = self.h11.next_event()
@@ -60,10 +61,7 @@ class _Connection:
                 raise httpx.RemoteProtocolError(f"bad answer: {exc}") from exc
             if event is not h11.NEED_DATA:
                 return event
-            with trio.CancelScope(deadline=deadline) as scope:  # not move_on_at: no generator per read
-                data = await self.stream.receive_some(READ_SIZE)
-            if scope.cancelled_caught:
-                raise httpx.ReadTimeout("no answer within the read timeout")
+            data = await self.stream.receive_some(READ_SIZE)
             self.ended = not data
             self.h11.receive_data(data)
 
@@ -186,8 +184,11 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
             end = conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from exc
-        try:
-            with trio.CancelScope(deadline=trio.current_time() + write) as scope:
+        answer = None
+        reading = False
+        # One cancel scope for the exchange: the write deadline, then the read deadline.
+        with trio.CancelScope(deadline=trio.current_time() + write) as scope:
+            try:
                 if len(body) < JOIN_BODY_BELOW:
                     await connection.stream.send_all(b"".join([head, *pieces, end]))
                 else:
@@ -196,22 +197,25 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
                         await connection.stream.send_all(piece)
                     if end:
                         await connection.stream.send_all(end)
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise httpx.WriteError(f"the connection broke while sending: {exc}") from exc
-        if scope.cancelled_caught:
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise httpx.WriteError(f"the connection broke while sending: {exc}") from exc
+            reading = True
+            scope.deadline = trio.current_time() + read
+            try:
+                answer = await self._read_response(connection)
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise httpx.ReadError(f"the connection broke while reading the answer: {exc}") from exc
+        if scope.cancelled_caught or answer is None:  # the scope's deadline passed
+            if reading:
+                raise httpx.ReadTimeout("no answer within the read timeout")
             raise httpx.WriteTimeout("the request was not written within the write timeout")
-        try:
-            return await self._read_response(connection, trio.current_time() + read)
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise httpx.ReadError(f"the connection broke while reading the answer: {exc}") from exc
+        return answer
 
-    async def _read_response(
-        self, connection: _Connection, deadline: float
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _read_response(self, connection: _Connection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         response: h11.Response | None = None
         parts: list[bytes] = []
         while True:
-            event = await connection.next_event(deadline)
+            event = await connection.next_event()
             if type(event) is h11.Response:
                 response = event
             elif type(event) is h11.Data:
