@@ -12,7 +12,9 @@ holds the object's previous state, so its appended bytes are read back and
 checked against its CRC32 (the previous CRC32 extended over them); if they
 differ, the row is put back to that previous state (``storage_unflushed_append_rolled_back``)
 -- that append was never acknowledged -- and its tail is truncated like any
-other uncommitted one.  This reads the last append (at most
+other uncommitted one.  Appends found whole are flushed (syncfs) before the
+server starts: a process that died between commit and flush left them in the
+page cache only.  This reads the last append (at most
 ``committer.UNFLUSHED_MAX`` bytes) of each such object at every start.
 
 A data file SHORTER than its committed length (or missing) cannot come from a
@@ -31,11 +33,12 @@ import os
 import sqlite3
 import zlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import structlog
 
 from server import index
-from server.datafiles import DataFiles, read_at
+from server.datafiles import DataFiles, _syncfs, read_at
 from server.records import MiB
 
 log = structlog.get_logger()
@@ -47,10 +50,15 @@ class RecoveryReport:
     deleted: int  # unreferenced data files removed
     damaged: int  # objects clamped to fewer bytes than committed (lost data)
     rolled_back: int  # unflushed appends whose bytes did not reach the disk, undone
+    verified: int  # unflushed appends found whole (then flushed: their process may have died before its flush)
 
 
 def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
-    rolled_back = _roll_back_unflushed(conn, files)
+    rolled_back, kept = _roll_back_unflushed(conn, files)
+    if kept and files.durable:
+        # After a process crash those bytes may be in the page cache only (its flush never
+        # ran): make them durable before anyone is told the append is there.
+        _flush_filesystem(files.root)
     rows = {obj.file_id: obj for obj in index.all_objects(conn)}
     truncated = deleted = damaged = 0
     seen: set[str] = set()
@@ -89,19 +97,35 @@ def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
             damaged += 1
     if files.durable:  # what recovery changed is on disk before anything new is written
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return RecoveryReport(truncated=truncated, deleted=deleted, damaged=damaged, rolled_back=rolled_back)
+    return RecoveryReport(
+        truncated=truncated, deleted=deleted, damaged=damaged, rolled_back=rolled_back, verified=kept
+    )
 
 
-def _roll_back_unflushed(conn: sqlite3.Connection, files: DataFiles) -> int:
-    """Put back every unflushed append whose bytes are not all on disk; how many."""
+def _roll_back_unflushed(conn: sqlite3.Connection, files: DataFiles) -> tuple[int, int]:
+    """Put back every unflushed append whose bytes are not all on disk; (how many, how many kept)."""
     undo = []
+    kept = 0
     for bucket, key, file_id, size, crc32, prev_size, prev_crc32 in index.unflushed_appends(conn):
         if _bytes_match(files, file_id, prev_size, size, prev_crc32, crc32):
+            kept += 1
             continue
         undo.append((bucket, key, file_id))
         log.warning("storage_unflushed_append_rolled_back", bucket=bucket, key=key, committed=size, back_to=prev_size)
     index.roll_back_appends(conn, undo)
-    return len(undo)
+    return len(undo), kept
+
+
+def _flush_filesystem(root: Path) -> None:
+    """syncfs(2) of the filesystem holding ``root`` (sync(2) where there is none)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _syncfs(fd)
+    finally:
+        os.close(fd)
 
 
 def _bytes_match(files: DataFiles, file_id: str, start: int, end: int, start_crc32: int, end_crc32: int) -> bool:

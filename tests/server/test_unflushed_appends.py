@@ -142,6 +142,8 @@ async def test_an_append_whose_bytes_did_not_reach_the_disk_is_rolled_back(tmp_p
             assert await content(storage) == FIRST + SECOND
     rolled = [e for e in logs if e["event"] == "storage_unflushed_append_rolled_back"]
     assert [(e["key"], e["committed"], e["back_to"]) for e in rolled] == [("k", 4000, 3000)]
+    (opened,) = [e for e in logs if e["event"] == "storage_opened"]
+    assert (opened["verified"], opened["rolled_back"]) == (0, 1)
     assert not any(e["event"] == "storage_object_lost_bytes" for e in logs)  # not damage: never acknowledged
 
 
@@ -153,6 +155,8 @@ async def test_an_append_whose_bytes_reached_the_disk_stays(tmp_path: Path) -> N
             assert await storage.head_object("b", "k") == second
             assert await content(storage) == FIRST + SECOND
     assert not any(e["event"] == "storage_unflushed_append_rolled_back" for e in logs)
+    (opened,) = [e for e in logs if e["event"] == "storage_opened"]
+    assert (opened["verified"], opened["rolled_back"]) == (1, 0)  # found whole, and flushed before serving
 
 
 async def test_only_the_damaged_object_is_rolled_back(tmp_path: Path) -> None:
