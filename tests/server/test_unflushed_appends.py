@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from functools import partial
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -252,3 +253,20 @@ async def test_a_batch_is_flushed_and_acknowledged_while_the_one_before_still_fl
                 release.set()
         assert done == ["y", "x"]
         assert [await content(storage, key) for key in ("x", "y")] == [b"one+two", b"one+two"]
+
+
+async def test_puts_and_small_appends_of_one_turn_land_each_with_its_own_guarantee(tmp_path: Path) -> None:
+    """A PUT (flushed before its commit, which must be durable itself) and small appends
+    handed over together: each lands; only the appends keep a previous state."""
+    data_dir = tmp_path / "data"
+    async with open_storage(data_dir) as storage:
+        await storage.create_bucket("b")
+        for n in range(4):
+            await storage.write_object("b", f"a{n}", body(b"one"), offset=0)
+        async with trio.open_nursery() as nursery:  # all reach the committer in the same turn
+            nursery.start_soon(partial(storage.write_object, "b", "put", body(b"whole"), offset=None))
+            for n in range(4):
+                nursery.start_soon(partial(storage.write_object, "b", f"a{n}", body(b"+two"), offset=3))
+        assert await content(storage, "put") == b"whole"
+        assert [await content(storage, f"a{n}") for n in range(4)] == [b"one+two"] * 4
+    assert sorted(row[1] for row in unflushed(data_dir)) == ["a0", "a1", "a2", "a3"]
