@@ -3,7 +3,8 @@
 Each figure is printed next to a limit measured in the same run (the machine
 is 2 shared cores): the throughput next to a bare loop that reads the same
 file and appends it in 1 MiB bodies to the same server (alternating rounds,
-so both see the same neighbours); the 1,000-file freshness next to the
+so both see the same neighbours), and the same pieces through the agent's
+client stack alone (how much of the gap is the client's, how much the agent's); the 1,000-file freshness next to the
 server's own append rate from a zero-cost client; every window with the
 server's and the whole machine's CPU.  Every run ends by comparing the
 objects with the files byte for byte: a fast wrong answer is not a result
@@ -26,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
+
+import trio
 
 from bench import agent_load, agent_soak
 from bench.agentproc import BUCKET, HOST, AgentProcess, agent_config, cpu_seconds, wait_until
@@ -55,6 +58,25 @@ def bare_loop_mbs(port: int, path: Path, key: str) -> float:
         if s3.head_length(BUCKET, key) != path.stat().st_size:
             raise Exactness(f"{key}: the bare loop's object is not the file's size")
     return offset / elapsed / 1e6
+
+
+def client_loop_mbs(url: str, path: Path, key: str) -> float:
+    """The agent's client stack alone: the bare loop's 1 MiB pieces appended through ``S3Client`` (SigV4,
+    CRC32, ``PlainHTTPTransport`` on trio), as the agent's appends go, with no tailer, shipper or checkpoint:
+    between the ceiling and the agent, it says how much of the gap is the client's and how much the agent's."""
+    from bench.append_cpu import _client  # the agent's direct path (PlainHTTPTransport.exchange)
+
+    async def loop() -> float:
+        http, client = _client(url, "direct")
+        async with http:
+            with open(path, "rb", buffering=0) as f:
+                started, offset = time.monotonic(), 0
+                while body := f.read(MiB):
+                    await client.append(BUCKET, key, offset, body)
+                    offset += len(body)
+                return offset / (time.monotonic() - started) / 1e6
+
+    return trio.run(loop)
 
 
 def ship_files(server: ServerProcess, workdir: Path, staged: list[Path], timeout: float) -> float:
@@ -105,16 +127,18 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
         with RawS3(server.port) as s3:
             s3.create_bucket(BUCKET)
         agent = AgentProcess(agent_config(workdir, server.url, BUCKET)).start().wait_ready()
-        ceilings, ours, cpus, per_mib, starts, server_ms = [], [], [], [], [], []
+        ceilings, ours, cpus, per_mib, starts, server_ms, clients = [], [], [], [], [], [], []
         for r in range(rounds):
             single = staging / f"one{r}.log"
             size = write_file(single, round_mib * MiB, single.name)
             if r % 2 == 0:
                 ceilings.append(bare_loop_mbs(server.port, single, f"ceiling/{single.name}"))
+                clients.append(client_loop_mbs(server.url, single, f"client/{single.name}"))
             cpu0 = cpu_seconds(agent.pid)
             first, seconds = ship_one(server, workdir, single, timeout=max(60, size / 10e6))
             cpu = cpu_seconds(agent.pid) - cpu0
             if r % 2 == 1:
+                clients.append(client_loop_mbs(server.url, workdir / "logs" / single.name, f"client/{single.name}"))
                 ceilings.append(bare_loop_mbs(server.port, workdir / "logs" / single.name, f"ceiling/{single.name}"))
             cpus.append(cpu / seconds)
             per_mib.append(cpu * 1e3 / round_mib)
@@ -137,6 +161,9 @@ def throughput(tmp: Path, rounds: int, round_mib: int, many: int, many_mib: int)
     return [
         (f"bare loop: read + 1 MiB appends, {round_mib} MiB of 100-byte lines", f"{ceiling:,.0f} MB/s",
          f"ceiling, median of {rounds} (" + ", ".join(f"{c:.0f}" for c in ceilings) + ")", ""),
+        ("the agent's client alone: the same 1 MiB appends through S3Client", f"{median(clients):,.0f} MB/s",
+         f"{median(c / x for c, x in zip(clients, ceilings)):.2f}x ceiling (each round: "
+         + ", ".join(f"{c / x:.2f}" for c, x in zip(clients, ceilings)) + ")", ""),
         ("agent, one stream of 100-byte lines", f"{one:,.0f} MB/s, {one * 1e6 / LINE:,.0f} lines/s",
          f"{median(ratios):.2f}x ceiling (each round next to its ceiling: "
          + ", ".join(f"{x:.2f}" for x in ratios) + f"), agent CPU {median(cpus):.2f} core, "
