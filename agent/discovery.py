@@ -20,8 +20,10 @@ Tailers are poked in rounds, paced to the shipper's turn interval (reading
 more often than a stream can ship only costs CPU): each round stats every
 tailed path in one worker-thread call and notes the paths whose file grew or
 changed, and those the watcher named (a rename, a deletion, a rescan).  A
-noted stream that neither waits for a turn nor is in one takes its place in
-line at once, before it is read (``Shipper.expect``), and so does every
+file that grew since the last round, if its stream neither waits for a turn
+nor is in one, takes its place in line at once, before it is read
+(``Shipper.expect``; a path seen for the first time, or named by the
+watcher, is read at once instead), and so does every
 stream as its turn ends.  A waiting stream is read as its turn comes within
 ``LEAD`` (checked every ``LEAD / 4``; at once when its place is that near
 already), so each append carries what was written until ``LEAD`` before it,
@@ -221,8 +223,12 @@ class Streams:
         while True:
             paths = list(self._tailers)
             now = dict(zip(paths, await self._file_calls(look_all, paths)))
-            changed = {path for path, look in now.items() if look != before.get(path)} | self._pokes
+            grew = {path for path, look in now.items() if path in before and look != before[path]}
+            # Seen for the first time (a new stream, the first round) or named by the watcher (a rename, a
+            # deletion, a rescan): read now.  A file that changed since the last round takes its place in line.
+            named = {path for path in now if path not in before} | self._pokes
             self._pokes = set()
+            changed = grew | named
             before = now
             # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
             # After a quiet round the pause doubles (up to MAX_POKE_PAUSE): idle files cost next to nothing.
@@ -232,8 +238,13 @@ class Streams:
             lead = self._lead_turns()
             for path in changed - waiting:
                 tailer = self._tailers.get(path)
+                if tailer is None:
+                    continue
+                if path in named:
+                    self._read_now(path, tailer)
+                    continue
                 lane = self.shipper.lane(path)
-                if tailer is None or (lane is not None and lane.busy):
+                if lane is not None and lane.busy:
                     continue  # in a turn: expected again as it ends
                 place = self.shipper.expect(path)  # a place in line now, read as it comes near
                 if place is None or place < lead:

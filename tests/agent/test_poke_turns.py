@@ -82,3 +82,49 @@ async def test_a_stream_back_in_line_is_read_at_once_only_if_its_turn_is_near(
 
 def test_lead_is_a_small_part_of_a_second() -> None:
     assert 0 < LEAD <= 0.25  # what an append carries is at most this old (plus the turn's own time)
+
+
+class _RoundShipper(_Shipper):
+    """What a round asks of the shipper, and the places it hands out."""
+
+    def __init__(self, ready: list[str]) -> None:
+        super().__init__(ready)
+        self.expected: list[str] = []
+
+    def waiting_beyond(self, turns: int) -> set[str]:
+        return set(self.ready[turns:])
+
+    def turn_interval(self) -> float:
+        return 1.0
+
+    def lane(self, stream: str) -> None:
+        return None
+
+    def expect(self, stream: str) -> int:
+        self.expected.append(stream)
+        self.ready.append(stream)
+        return len(self.ready) - 1
+
+
+async def test_a_round_reads_new_paths_at_once_and_puts_a_grown_file_in_line(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    shipper = _RoundShipper(["x", "y", "z"])  # three turns ahead: beyond LEAD * rate = 2
+    pokes: Counter[str] = Counter()
+    streams = _streams(tmp_path, shipper, pokes)
+    streams._tailers = {name: _Tailer(name, pokes) for name in "ab"}  # type: ignore[misc]
+    looks = {"a": (1, 1, 0, 0), "b": (1, 2, 0, 0)}
+
+    async def look(fn: object, paths: list[str]) -> list[tuple[int, int, int, int]]:
+        return [looks[path] for path in paths]
+
+    streams._file_calls = look  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(streams._poke_paced)
+        await trio.sleep(0.001)  # the first round: both seen for the first time, read at once
+        assert pokes == Counter(a=1, b=1) and shipper.expected == []
+        looks["a"] = (1, 1, 10, 1)  # a grew
+        await trio.sleep(1.0)  # the next round: a takes its place in line (the fourth turn), read later
+        assert shipper.expected == ["a"] and pokes == Counter(a=1, b=1)
+        nursery.cancel_scope.cancel()
