@@ -322,6 +322,11 @@ def roll_back_appends(conn: sqlite3.Connection, objects: list[tuple[str, str, st
     )
 
 
+def forget_previous_states(conn: sqlite3.Connection) -> None:
+    """Clear every kept previous state: the appends they guard are known to be on disk."""
+    conn.execute(f"UPDATE objects SET {_NO_PREV} WHERE prev_size IS NOT NULL")
+
+
 def delete_object(conn: sqlite3.Connection, bucket: str, key: str) -> str | None:
     """Remove an object's row; returns its data file id (None if there was none)."""
     row = conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ? RETURNING file_id", (bucket, key)).fetchone()

@@ -14,8 +14,9 @@ differ, the row is put back to that previous state (``storage_unflushed_append_r
 -- that append was never acknowledged -- and its tail is truncated like any
 other uncommitted one.  Appends found whole are flushed (syncfs) before the
 server starts: a process that died between commit and flush left them in the
-page cache only.  This reads the last append (at most
-``committer.UNFLUSHED_MAX`` bytes) of each such object at every start.
+page cache only; then their previous states are dropped.  So a start reads
+the last append (at most ``committer.UNFLUSHED_MAX`` bytes) of each object
+appended to since the previous start.
 
 A data file SHORTER than its committed length (or missing) cannot come from a
 process crash; it means the disk lost acknowledged bytes (power loss with
@@ -55,10 +56,12 @@ class RecoveryReport:
 
 def recover(conn: sqlite3.Connection, files: DataFiles) -> RecoveryReport:
     rolled_back, kept = _roll_back_unflushed(conn, files)
-    if kept and files.durable:
-        # After a process crash those bytes may be in the page cache only (its flush never
-        # ran): make them durable before anyone is told the append is there.
-        _flush_filesystem(files.root)
+    if kept:
+        if files.durable:
+            # After a process crash those bytes may be in the page cache only (its flush never
+            # ran): make them durable before anyone is told the append is there.
+            _flush_filesystem(files.root)
+        index.forget_previous_states(conn)  # on disk now: the next start need not read them again
     rows = {obj.file_id: obj for obj in index.all_objects(conn)}
     truncated = deleted = damaged = 0
     seen: set[str] = set()

@@ -158,6 +158,12 @@ async def test_an_append_whose_bytes_reached_the_disk_stays(tmp_path: Path) -> N
     assert not any(e["event"] == "storage_unflushed_append_rolled_back" for e in logs)
     (opened,) = [e for e in logs if e["event"] == "storage_opened"]
     assert (opened["verified"], opened["rolled_back"]) == (1, 0)  # found whole, and flushed before serving
+    assert unflushed(data_dir) == []  # on disk now: the next start does not read it again
+    with capture_logs() as logs:
+        async with open_storage(data_dir) as storage:
+            assert await storage.head_object("b", "k") == second
+    (opened,) = [e for e in logs if e["event"] == "storage_opened"]
+    assert opened["verified"] == 0
 
 
 async def test_only_the_damaged_object_is_rolled_back(tmp_path: Path) -> None:
