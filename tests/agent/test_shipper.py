@@ -40,8 +40,10 @@ FAST_RETRY = RetryPolicy(base=0.001, cap=0.01, max_attempts=None, max_elapsed=fl
 INPUT = InputConfig(index=0, paths=("/logs/*.log",), key=parse_template("{host}/{path}"))
 NOON = datetime(2030, 5, 17, 12, 0, tzinfo=timezone.utc)
 # Virtual time (MockClock) jumps ahead only after this much real idle time: checkpoint writes
-# happen in worker threads, and a jump while one runs would look like a long stall.
-IDLE = 0.05
+# happen in worker threads, and a jump while one runs would look like a long stall -- or, with
+# no other timer due, jump straight to a test's deadline.  0.05 s failed once in a loaded CI
+# run (an fdatasync under 3 test workers' disk load can take longer); 0.5 s costs ~4 s in all.
+IDLE = 0.5
 
 
 def lines(tag: str, count: int, start: int = 0) -> bytes:
