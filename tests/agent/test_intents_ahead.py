@@ -194,11 +194,8 @@ async def test_a_restart_at_a_length_no_recorded_append_explains_stops_the_strea
     assert load_states(tmp_path / "state")[STREAM].pending == state.pending  # left for a person to look at
 
 
-@pytest.mark.parametrize("taken", [(FILE, 100, 180), (OTHER_FILE, 100, 150)])
-async def test_an_append_not_the_one_recorded_first_is_recorded_again_alone_before_it_goes(
-        taken: tuple[object, int, int]) -> None:
-    """The safety net under ``whole_appends``: other bytes, or the same length of another file's bytes."""
-    identity, f0, f1 = taken
+def _recording_objects() -> tuple[StreamObjects, list[StreamState]]:
+    """StreamObjects (no client: nothing is sent) that note each state it records."""
     saved: list[StreamState] = []
 
     async def record(lane: Lane) -> None:
@@ -206,6 +203,15 @@ async def test_an_append_not_the_one_recorded_first_is_recorded_again_alone_befo
 
     objects = StreamObjects(None, "logs", retry=RetryPolicy(), s3express=False, metrics=AgentMetrics(),  # type: ignore[arg-type]
                             wall_clock=lambda: NOON, record=record)
+    return objects, saved
+
+
+@pytest.mark.parametrize("taken", [(FILE, 100, 180), (OTHER_FILE, 100, 150)])
+async def test_an_append_not_the_one_recorded_first_is_recorded_again_alone_before_it_goes(
+        taken: tuple[object, int, int]) -> None:
+    """The safety net under ``whole_appends``: other bytes, or the same length of another file's bytes."""
+    identity, f0, f1 = taken
+    objects, saved = _recording_objects()
     lane = Lane(Route(STREAM, "h", INPUT), recorded())
     batch = Batch(STREAM, 1, identity, f0, (b"x" * (f1 - f0),), f1 - f0, 0.0)  # type: ignore[arg-type]
     lane.retry = ((batch,), batch.parts[0])
@@ -215,13 +221,7 @@ async def test_an_append_not_the_one_recorded_first_is_recorded_again_alone_befo
 
 
 async def test_the_append_recorded_first_goes_without_a_write() -> None:
-    saved: list[StreamState] = []
-
-    async def record(lane: Lane) -> None:
-        saved.append(lane.state)
-
-    objects = StreamObjects(None, "logs", retry=RetryPolicy(), s3express=False, metrics=AgentMetrics(),  # type: ignore[arg-type]
-                            wall_clock=lambda: NOON, record=record)
+    objects, saved = _recording_objects()
     lane = Lane(Route(STREAM, "h", INPUT), recorded())
     batch = Batch(STREAM, 1, FILE, 100, (b"x" * 50,), 50, 0.0)
     lane.retry = ((batch,), batch.parts[0])
