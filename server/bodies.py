@@ -44,21 +44,15 @@ async def receive_body(
     hash_elsewhere = getattr(body, "hash_elsewhere", None)  # a Payload: its SHA-256 goes with our hashing
     if hash_elsewhere is not None:
         hasher.also = hash_elsewhere()
+    take_whole = getattr(body, "take_whole", None)  # a Payload: the whole body if it is here already
     try:
-        chunks: list[bytes] = []
-        buffered = 0
-        stream = body.__aiter__()
-        async for chunk in stream:
-            if not chunk:
-                continue
-            buffered += len(chunk)
-            if buffered > max_size:
+        whole = take_whole() if take_whole is not None else None
+        if whole is not None:
+            if len(whole) > max_size:
                 raise EntityTooLarge(MaxSizeAllowed=str(max_size))
-            chunks.append(chunk)
-            if buffered >= SPILL_SIZE:
-                await _spill(stream, chunks, hasher, pending, buffered, max_size)
-                chunks = []
-                break
+            chunks = [whole] if whole else []
+        else:
+            chunks = await _receive_small(body.__aiter__(), hasher, pending, max_size)
         if sum(map(len, chunks)) > INLINE_HASH_LIMIT:
             await trio.to_thread.run_sync(_hash_and_write, hasher, pending, chunks)
             chunks = []
@@ -71,6 +65,24 @@ async def receive_body(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pending.discard)
         raise
+
+
+async def _receive_small(stream: AsyncIterator[bytes], hasher: BodyHasher, pending: PendingWrite, max_size: int) -> list[bytes]:
+    """The body's chunks while they fit in SPILL_SIZE; past it, all of it goes to ``pending``
+    (``_spill``) and nothing is returned."""
+    chunks: list[bytes] = []
+    buffered = 0
+    async for chunk in stream:
+        if not chunk:
+            continue
+        buffered += len(chunk)
+        if buffered > max_size:
+            raise EntityTooLarge(MaxSizeAllowed=str(max_size))
+        chunks.append(chunk)
+        if buffered >= SPILL_SIZE:
+            await _spill(stream, chunks, hasher, pending, buffered, max_size)
+            return []
+    return chunks
 
 
 async def _spill(

@@ -237,7 +237,7 @@ class HTTPConnection:
             headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
-        body = RequestBody(self._next_body_chunk, content_length)
+        body = RequestBody(self._next_body_chunk, content_length, self._buffered_body_chunk)
         request = Request(
             event.method.decode("latin-1"), target, path, query, headers,
             event.http_version.decode("latin-1"), self.remote, body, new_request_id(),
@@ -258,31 +258,37 @@ class HTTPConnection:
     async def _next_body_chunk(self) -> bytes | None:
         """The next piece of the request body from h11, None at its end (RequestBody's source)."""
         conn = self.conn
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.body_failed = True
-                if self.peer_closed:
+        while (chunk := self._buffered_body_chunk()) is h11.NEED_DATA:
+            if conn.they_are_waiting_for_100_continue:
+                try:
+                    await self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                except ConnectionLost as exc:
+                    self.body_failed = True
                     raise errors.IncompleteBody() from exc
-                raise errors.InvalidRequest(f"Malformed request body: {exc}") from exc
-            if event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    try:
-                        await self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                    except ConnectionLost as exc:
-                        self.body_failed = True
-                        raise errors.IncompleteBody() from exc
-                with trio.move_on_after(self.config.body_timeout):
-                    await self._receive(size=BODY_RECEIVE_SIZE)
-                    continue
-                self.body_failed = True
-                raise errors.RequestTimeout()
-            if type(event) is h11.Data:
-                return event.data
-            if type(event) is h11.EndOfMessage:
-                return None
-            raise errors.IncompleteBody()  # ConnectionClosed cannot come mid-body; be safe
+            with trio.move_on_after(self.config.body_timeout):
+                await self._receive(size=BODY_RECEIVE_SIZE)
+                continue
+            self.body_failed = True
+            raise errors.RequestTimeout()
+        return chunk  # type: ignore[return-value]
+
+    def _buffered_body_chunk(self) -> bytes | None | type[h11.NEED_DATA]:
+        """The next piece of the request body that h11 already holds, None at its end,
+        h11.NEED_DATA when the socket must be read first (RequestBody's ``poll``: no await)."""
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self.body_failed = True
+            if self.peer_closed:
+                raise errors.IncompleteBody() from exc
+            raise errors.InvalidRequest(f"Malformed request body: {exc}") from exc
+        if event is h11.NEED_DATA:
+            return h11.NEED_DATA
+        if type(event) is h11.Data:
+            return event.data
+        if type(event) is h11.EndOfMessage:
+            return None
+        raise errors.IncompleteBody()  # ConnectionClosed cannot come mid-body; be safe
 
     # ---- the response -----------------------------------------------------
 

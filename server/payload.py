@@ -93,6 +93,20 @@ class Payload:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return _Pieces(self)
 
+    def take_whole(self) -> bytes | None:
+        """The whole decoded body, checked as iterating it would (hashed, ``_end``),
+        when it has all arrived already; None otherwise: then iterate.  No await
+        (``RequestBody.take_whole``).  aws-chunked bodies are always iterated."""
+        if self._decoder is not None:
+            return None
+        data = self._request.body.take_whole()
+        if data is None:
+            return None
+        if not self._hashed_elsewhere:
+            self._hash(data)
+        self._end()
+        return data
+
     def _hash(self, piece: bytes) -> None:
         if self._sha256 is not None:
             self._sha256.update(piece)

@@ -308,6 +308,35 @@ async def test_read_returns_at_most_max_bytes():
     assert await body.read() == b"" and body.complete and body.bytes_read == 10
 
 
+async def test_a_body_that_came_with_its_head_is_taken_whole_and_a_partial_one_is_read_on():
+    taken: list[bytes | None] = []
+
+    async def handler(req: Request) -> Response:
+        if req.path == "/partial":
+            entered.set()
+            await go.wait()  # the head and the first bytes are in; the rest follows later
+        taken.append(req.body.take_whole())
+        rest = b"".join([chunk async for chunk in req.body])
+        return Response(200, [("x-complete", str(req.body.complete)), ("x-read", str(req.body.bytes_read))], rest)
+
+    entered, go = trio.Event(), trio.Event()
+    async with serving(handler) as (_, port):
+        client = await RawClient.open(port)
+        whole = await client.exchange(request("PUT", "/whole", b"0123456789"), "PUT")
+        empty = await client.exchange(request("PUT", "/empty", b""), "PUT")
+        await client.send(request("PUT", "/partial", b"01234").replace(b"Length: 5", b"Length: 10"))
+        with trio.fail_after(WAIT):
+            await entered.wait()
+        go.set()
+        await client.send(b"56789")
+        partial = await client.response("PUT")
+        await client.aclose()
+    assert taken == [b"0123456789", b"", None]
+    assert (whole.body, whole.headers["x-complete"], whole.headers["x-read"]) == (b"", "True", "10")
+    assert (empty.body, empty.headers["x-complete"]) == (b"", "True")
+    assert (partial.body, partial.headers["x-complete"], partial.headers["x-read"]) == (b"0123456789", "True", "10")
+
+
 async def test_100_continue_is_sent_at_the_first_read_only():
     entered, go = trio.Event(), trio.Event()
 
