@@ -92,6 +92,8 @@ class Session:
 
 
 SessionLookup = Callable[[str], "Session | None"]
+# Headers as check_signature takes them: (name, value) pairs, or lower-case name -> value if none repeats.
+_Headers = Iterable[tuple[str, str]] | Mapping[str, str]
 
 
 class ChunkVerifier:
@@ -194,7 +196,7 @@ def check_signature(
     method: str,
     raw_path: str,
     raw_query: str,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
     auth: sigv4.Authorization,
     secret: str,
     *,
@@ -261,6 +263,8 @@ def authenticate(
             ArgumentName="Authorization",
         )
     policy = _Policy(header_map, keys, _epoch(now), region, service, sessions)
+    if type(header_map) is dict and len(header_map) == len(headers):  # no name repeats: signed values looked up
+        headers = header_map  # type: ignore[assignment]
     if authorization is not None:
         return policy.header_auth(method, raw_path, raw_query, headers, authorization)
     if query_auth:
@@ -282,7 +286,7 @@ class _Policy:
     def header(self, name: str) -> str | None:
         return self.header_map.get(name)
 
-    def header_auth(self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]], value: str) -> AuthResult:
+    def header_auth(self, method: str, path: str, query: str, headers: _Headers, value: str) -> AuthResult:
         scheme = value.strip().partition(" ")[0]
         if scheme == "AWS":
             raise InvalidRequest("The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.")
@@ -320,7 +324,7 @@ class _Policy:
         return _result(auth, payload, key, amz_date)
 
     def query_auth(
-        self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]], params: dict[str, str]
+        self, method: str, path: str, query: str, headers: _Headers, params: dict[str, str]
     ) -> AuthResult:
         if any(p not in params for p in QUERY_AUTH_PARAMS):
             raise AuthorizationQueryParametersError(

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from datetime import datetime
@@ -129,14 +129,25 @@ def _trim(value: str) -> str:
     return value.strip(" ")  # the usual value: nothing inside to collapse, and no regex to run
 
 
-def canonical_headers(headers: Iterable[tuple[str, str]], signed_names: Iterable[str]) -> str:
+def canonical_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str], signed_names: Iterable[str]) -> str:
     """``name:value\\n`` per signed header, sorted by name.
 
     Values are trimmed and inner runs of spaces collapsed (even inside quotes);
     repeated headers are joined with ``,`` in the order received.  A signed
     header missing from the request canonicalises with an empty value.
+    ``headers``: (name, value) pairs as received, or a dict of lower-case name →
+    value when no name repeats (the verifier has one: a lookup per signed name
+    instead of a pass over every header).
     """
     wanted = _signed_set(tuple(signed_names))
+    if isinstance(headers, dict):
+        lines = []
+        for name in wanted:
+            value = headers.get(name, "")
+            if "  " in value or "\t" in value or "\n" in value or "\r" in value:  # _trim, inline
+                value = _SPACES.sub(" ", value)
+            lines.append(f"{name}:{value.strip(' ')}\n")
+        return "".join(lines)
     values: dict[str, str] = {}
     for name, value in headers:
         lname = name.lower()
@@ -154,14 +165,19 @@ def _signed_set(signed_names: tuple[str, ...]) -> dict[str, None]:
 
 
 def signed_headers_line(signed_names: Iterable[str]) -> str:
-    return ";".join(_signed_set(tuple(signed_names)))
+    return _signed_line(tuple(signed_names))
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_line(signed_names: tuple[str, ...]) -> str:
+    return ";".join(_signed_set(signed_names))
 
 
 def canonical_request(
     method: str,
     raw_path: str | bytes,
     raw_query: str | bytes,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
     signed_names: Iterable[str],
     payload_hash: str,
     *,
@@ -345,7 +361,7 @@ def authorization_header(
     method: str,
     raw_path: str | bytes,
     raw_query: str | bytes,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
     signed_names: Iterable[str],
     payload_hash: str,
     *,

@@ -316,6 +316,16 @@ def test_repeated_headers_are_signed_joined():
         auth(swapped)
 
 
+def test_values_are_trimmed_alike_whether_gathered_or_looked_up():
+    # Each name once: the verifier looks values up by name (Request.first_values); the signer gathered them.
+    headers = sign(headers=[("x-amz-meta-note", " a  b \t c "), ("x-amz-meta-other", "d")])
+    assert auth(headers).access_key_id == AKID
+    assert auth(headers, first_values=dict(reversed(headers))).access_key_id == AKID
+    changed = [(n, "a b c" if n == "x-amz-meta-other" else v) for n, v in headers]
+    with pytest.raises(SignatureDoesNotMatch):
+        auth(changed, first_values=dict(reversed(changed)))
+
+
 # --- S3 Express session tokens ------------------------------------------------
 
 SESSION = Session("AKIDSESSION", "session-secret", expires_at=T + 300)
