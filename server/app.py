@@ -29,7 +29,7 @@ from server.errors import (
 from server.http import Request, Response
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics
 from server.policy import Keyring
-from server.request_log import BatchedLines
+from server.request_log import RequestLog
 from server.sessions import SessionStore, create_session
 from server.storage import Storage
 
@@ -86,11 +86,8 @@ class S3App:
             "HEAD": (self._head_object, "HeadObject"),
             "DELETE": (objects.delete_object, "DeleteObject"),
         }
-        # The request log, bound once (the module's lazy proxy builds a new logger on every call),
-        # its lines written once per turn of the event loop (server.request_log).
-        self._request_log = structlog.wrap_logger(
-            BatchedLines(structlog.get_config()["logger_factory"]("tailbucket.server"))
-        ).bind()
+        # The request log: its lines written once per turn of the event loop (server.request_log).
+        self._request_log = RequestLog("tailbucket.server")
 
     def __repr__(self) -> str:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
@@ -187,8 +184,7 @@ class S3App:
         seconds = time.perf_counter() - started
         appending = operation == "PutObject" and request.header(objects.WRITE_OFFSET) is not None
         self.metrics.observe(operation, response.status, bytes_in=bytes_in, bytes_out=bytes_out, seconds=seconds, appending=appending)
-        self._request_log.info(
-            "request",
+        self._request_log(
             method=request.method,
             operation=operation,
             bucket=bucket,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import structlog
 import trio
+from structlog.testing import capture_logs
 
-from server.request_log import MAX_LINES, BatchedLines
+from server.request_log import MAX_LINES, BatchedLines, RequestLog
+from sink.logs import configure_logging
 from sink.sigv4 import SigV4Auth
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -50,6 +53,34 @@ def test_lines_held_at_the_end_of_a_run_are_written():
 
     trio.run(log_and_return)
     assert out.getvalue() == "last\n"
+
+
+FIELDS = dict(method="PUT", operation="PutObject", bucket="b", key="k", status=200, bytes_in=3, bytes_out=0,
+              duration_ms=1.25, request_id="0123456789ABCDEF")
+
+
+def test_the_request_event_renders_as_a_bound_loggers_would():
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    RequestLog("tailbucket.server")(**FIELDS)
+    structlog.get_logger("tailbucket.server").info("request", **FIELDS)
+    ours, bound = (json.loads(line) for line in out.getvalue().splitlines())
+    assert ours.pop("timestamp") and bound.pop("timestamp")
+    assert list(ours.items()) == list(bound.items())  # same keys, same order
+    assert ours["event"] == "request" and ours["level"] == "info"
+
+
+def test_the_request_event_follows_the_configured_level_and_capture():
+    out = io.StringIO()
+    configure_logging("json", level="warning", stream=out)
+    RequestLog("tailbucket.server")(**FIELDS)
+    assert out.getvalue() == ""
+    configure_logging("json", stream=out)
+    request_log = RequestLog("tailbucket.server")
+    with capture_logs() as logs:  # created before the capture, as the app's is
+        request_log(**FIELDS)
+    assert out.getvalue() == ""
+    assert logs == [{**FIELDS, "event": "request", "log_level": "info"}]
 
 
 def test_the_server_logs_every_request_once(make_server):
