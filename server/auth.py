@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -147,8 +147,7 @@ class BodySignature:
         self._check(body_sha256_hex)
 
 
-@dataclass(frozen=True)
-class AuthResult:
+class AuthResult(NamedTuple):
     """An authenticated request: who, and what its body must be.
 
     ``payload`` is the lower-case hex SHA-256 the body must have,
@@ -156,7 +155,8 @@ class AuthResult:
     ``BODY-SIGNATURE-PENDING``; ``chunk_verifier`` is set for the two signed
     streaming modes, ``body_signature`` for the pending one.  (A consumer that
     does not know the pending mode compares the body's hash to that string and
-    refuses: it fails closed.)
+    refuses: it fails closed.)  A named tuple: immutable like a frozen dataclass,
+    and made in a third of its time (one per request).
     """
 
     access_key_id: str
