@@ -60,12 +60,16 @@ class Payload:
             else None
         )
         self._sha256 = hashlib.sha256() if not self._streaming and payload_mode != sigv4.UNSIGNED_PAYLOAD else None
-        self.content_md5 = _content_md5(request.header("content-md5"))
+        first = request.first_values()
+        self.content_md5 = _content_md5(first.get("content-md5"))
         self.expected = _header_checksums(request)
-        trailer = (request.header("x-amz-trailer") or "").strip().lower()
+        trailer = first.get("x-amz-trailer")
+        trailer = trailer.strip().lower() if trailer else ""
         self._trailer_algorithm = _algorithm_of(trailer) if trailer else None
-        algorithms = set(self.expected) | ({self._trailer_algorithm} if self._trailer_algorithm else set())
-        self._hashers = {a: checksums.FACTORIES[a]() for a in algorithms if a != "crc32"}
+        self._hashers: dict[str, checksums.Hasher] = {}
+        if self.expected or self._trailer_algorithm:
+            algorithms = set(self.expected) | ({self._trailer_algorithm} if self._trailer_algorithm else set())
+            self._hashers = {a: checksums.FACTORIES[a]() for a in algorithms if a != "crc32"}
         self.trailers: dict[str, str] = {}
         self.verified: dict[str, bytes] = {}
         self._hashed_elsewhere = False
@@ -81,7 +85,7 @@ class Payload:
 
     @staticmethod
     def _declared_length(request: Request) -> int:
-        decoded = request.header("x-amz-decoded-content-length")
+        decoded = request.first_values().get("x-amz-decoded-content-length")
         if decoded is not None:
             if not decoded.isascii() or not decoded.isdigit():
                 raise InvalidArgument(f"x-amz-decoded-content-length is not a number: {decoded!r}")
