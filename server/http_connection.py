@@ -74,6 +74,7 @@ class HTTPConnection:
         self.keep_alive = keep_alive
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self._unparsed = False  # h11 may hold bytes of the next request (else: it needs data first)
+        self._fed = 0  # bytes given to this h11 connection: a request head in them is no longer
         self.linger = False  # the client may still be sending: close lingering
         self.peer_closed = False  # EOF or reset seen on the socket
         self.body_failed = False  # a body read raised (timeout, bad framing): this connection is done
@@ -138,6 +139,7 @@ class HTTPConnection:
             if self._framed_here:  # h11 did not see the response: a fresh h11 for the next request
                 trailing, closed = self.conn.trailing_data
                 self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+                self._fed = len(trailing)
                 if trailing:
                     self.conn.receive_data(trailing)
                 if closed:
@@ -169,7 +171,8 @@ class HTTPConnection:
         # Headers as a plain list: iterating h11's Headers goes through Sequence.__iter__
         # and a Python __getitem__ per header, twice per request here.
         raw_headers = event.headers.raw_items()
-        if _head_size(event, raw_headers) > self.config.max_header_bytes:
+        limit = self.config.max_header_bytes
+        if self._fed > limit and _head_size(event, raw_headers) > limit:
             # h11 enforces the limit only on a head still incomplete; this one came in one read.
             raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         return event, raw_headers
@@ -224,6 +227,7 @@ class HTTPConnection:
             await trio.lowlevel.cancel_shielded_checkpoint()  # read without waiting: still let others run
         if not data:
             self.peer_closed = True
+        self._fed += len(data)
         self.conn.receive_data(data)
 
     async def _handle(self, event: h11.Request, raw_headers: list[tuple[bytes, bytes]]) -> bool:
