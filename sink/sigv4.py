@@ -19,8 +19,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from datetime import datetime
 from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
@@ -253,9 +252,9 @@ def _hmac_pads(key: bytes) -> tuple[Any, Any]:
     return hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
 
-@dataclass(frozen=True)
-class Authorization:
-    """The parts of an ``Authorization: AWS4-HMAC-SHA256 ...`` header."""
+class Authorization(NamedTuple):
+    """The parts of an ``Authorization: AWS4-HMAC-SHA256 ...`` header.  A named tuple:
+    immutable, and made in a third of a frozen dataclass's time (one per verified request)."""
 
     access_key_id: str
     date_stamp: str
