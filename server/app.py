@@ -38,6 +38,7 @@ log = structlog.get_logger("tailbucket.server")
 Operation = Callable[[Context], Awaitable[Response]]
 INTERNAL_PREFIX = "/_tailbucket/"  # '_' is not allowed in bucket names, so this never clashes
 MAX_KEY_BYTES = 1024
+MAX_REMEMBERED_ADDRESSES = 4096  # (Host, path) -> (bucket, key) kept (forgotten all at once past this)
 # Sub-resources S3 has and this server does not (yet): a clean NotImplemented, never a wrong answer.
 SUBRESOURCES = frozenset(
     "accelerate acl analytics attributes cors delete encryption intelligent-tiering inventory legal-hold "
@@ -73,6 +74,7 @@ class S3App:
     def __init__(self, storage: Storage, config: ServerConfig, keys: Keyring) -> None:
         self.storage, self.config, self.keys = storage, config, keys
         self.sessions = SessionStore()
+        self._addresses: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         self.access = AccessControl(keys, self.sessions)
         self.metrics = ServerMetrics(
             stats_cache_seconds=config.observability.stats_cache_seconds,
@@ -93,12 +95,24 @@ class S3App:
         return f"S3App(data_dir={str(self.config.data_dir)!r}, region={self.config.region!r})"
 
     def address(self, request: Request) -> tuple[str | None, str | None]:
-        """(bucket, key) from a virtual-host-style Host header or a path-style path."""
+        """(bucket, key) from a virtual-host-style Host header or a path-style path.
+
+        Remembered per (Host, path): a client appends to the same objects request after request."""
+        host = request.first_values().get("host") or ""
+        asked = (host, request.path)
+        found = self._addresses.get(asked)
+        if found is None:
+            found = self._address(host, request.path)
+            if len(self._addresses) >= MAX_REMEMBERED_ADDRESSES:
+                self._addresses.clear()
+            self._addresses[asked] = found
+        return found
+
+    def _address(self, host: str, raw_path: str) -> tuple[str | None, str | None]:
         try:
-            path = unquote(request.path, errors="strict")
+            path = unquote(raw_path, errors="strict")
         except UnicodeDecodeError:
             raise InvalidArgument("The request path is not valid UTF-8.") from None
-        host = request.header("host") or ""
         host = host.rsplit(":", 1)[0].lower() if "]" not in host else ""
         for domain in self.config.virtual_host_domains:
             if host.endswith("." + domain):

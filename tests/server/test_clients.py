@@ -108,5 +108,7 @@ def test_virtual_host_style_addressing(server, http, bucket):
                         headers={"host": host, "x-amz-write-offset-bytes": "13"})
     assert appended.status_code == 200, appended.text
     assert http.get(f"/{bucket}/vh/app.log").content == b"via the host\nmore\n"  # the same object, path-style
+    missing = http.get("/vh/app.log")  # the same path with the plain host: bucket vh (the server remembers by both)
+    assert missing.status_code == 404 and b"<BucketName>vh</BucketName>" in missing.content, missing.text
     listing = http.get(f"{server.url}/?list-type=2", headers={"host": host})
     assert listing.status_code == 200 and b"<Key>vh/app.log</Key>" in listing.content
