@@ -286,6 +286,11 @@ def _render_headers(headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[s
     seen_date = seen_server = False
     suspect = False
     for name, value in headers:
+        if name in _PLAIN_NAMES:  # the usual header: a name seen valid, lower-case, neither framing nor Date/Server
+            if not value.isprintable() or value[:1] == " " or value[-1:] == " ":
+                suspect = True
+            lines.append(f"{name}: {value}\r\n")
+            continue
         lname = name.lower()
         if lname in _FRAMING:
             framing.append((lname, value))
@@ -308,10 +313,14 @@ def _render_headers(headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[s
             raise h11.LocalProtocolError(f"illegal response header in {block!r}")
         if len(_GOOD_NAMES) < 4096:  # names come from code and stored metadata: few, and worth remembering
             _GOOD_NAMES.update(name for name, _ in headers)
+            _PLAIN_NAMES.update(
+                name for name, _ in headers if name.islower() and name not in _FRAMING and name not in ("date", "server")
+            )
     return block, framing
 
 
 _GOOD_NAMES: set[str] = set()  # header names seen to pass h11's grammar
+_PLAIN_NAMES: set[str] = set()  # those of them in lower case, not framing, Date or Server: rendered as they are
 
 
 def response_head(response: Response, *, close: bool) -> tuple[h11.Response, bytes]:
