@@ -417,25 +417,19 @@ class _Policy:
 
     def check_all_signed(self, signed_headers: Iterable[str]) -> None:
         """``host`` and every x-amz-* header present must be signed (x-amz-content-sha256 may not be, as on AWS)."""
-        signed = _name_set(tuple(signed_headers))
-        if "host" in signed:
-            for name in self.header_map:
-                if name[:6] == "x-amz-" and name not in signed and name != "x-amz-content-sha256":
-                    break
-            else:
-                return  # the usual case, decided without building sets
-        unsigned = {"host"} - signed
-        unsigned |= {n for n in self.header_map if n.startswith("x-amz-") and n not in signed and n != "x-amz-content-sha256"}
+        unsigned = _unsigned(tuple(signed_headers), tuple(self.header_map))
         if unsigned:
-            raise AccessDenied(
-                "There were headers present in the request which were not signed", HeadersNotSigned=", ".join(sorted(unsigned))
-            )
+            raise AccessDenied("There were headers present in the request which were not signed", HeadersNotSigned=unsigned)
 
 
 @functools.lru_cache(maxsize=256)
-def _name_set(names: tuple[str, ...]) -> frozenset[str]:
-    """A SignedHeaders list as a set; a client signs the same list request after request."""
-    return frozenset(names)
+def _unsigned(signed_names: tuple[str, ...], present: tuple[str, ...]) -> str:
+    """The required headers present but not signed, as AWS names them ("" if none).  Cached: a
+    client sends the same headers and signs the same list request after request."""
+    signed = frozenset(signed_names)
+    unsigned = {"host"} - signed
+    unsigned |= {n for n in present if n.startswith("x-amz-") and n not in signed and n != "x-amz-content-sha256"}
+    return ", ".join(sorted(unsigned))
 
 
 def _payload_mode(value: str) -> str:
