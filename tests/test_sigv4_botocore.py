@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from server.auth import StaticKeyring, authenticate
-from sink import sigv4
+from sink import presign, sigv4
 
 ACCESS_KEY = "AKIAPROPERTYTEST"
 SECRET = "pr0perty/Secret+Key/FOR/testing/0123456789"
@@ -125,7 +125,7 @@ def test_presigned_urls_agree_with_botocore(method, parts, params, expires, regi
         signer.add_auth(aws)
     theirs = dict(parse_qsl(urlsplit(aws.url).query))["X-Amz-Signature"]
 
-    ours_url = sigv4.presign_url(
+    ours_url = presign.presign_url(
         method, url_of(path, query), access_key_id=ACCESS_KEY, secret=SECRET, region=region, expires=expires, now=moment
     )
     ours = urlsplit(ours_url)

@@ -18,7 +18,7 @@ import pytest
 from server import auth as server_auth
 from server.auth import StaticKeyring, authenticate, check_signature
 from server.errors import AccessDenied, SignatureDoesNotMatch
-from sink import sigv4
+from sink import presign, sigv4
 
 SUITE = Path(__file__).resolve().parents[1].parent / "shared" / "sigv4-testsuite"
 pytestmark = pytest.mark.skipif(not SUITE.is_dir(), reason=f"SigV4 test vectors not found at {SUITE} (shared/ sits beside the clone)")
@@ -239,7 +239,7 @@ def test_s3_header_signed_verifier(example: dict):
 
 @pytest.mark.parametrize("example", S3["presigned"], ids=lambda e: e["name"])
 def test_s3_presigned(example: dict):
-    url = sigv4.presign_url(
+    url = presign.presign_url(
         "GET", "https://examplebucket.s3.amazonaws.com/test.txt", access_key_id=COMMON["access_key_id"],
         secret=COMMON["secret_access_key"], region="us-east-1", expires=86400, now=S3_NOW,
     )  # fmt: skip

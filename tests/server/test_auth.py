@@ -28,7 +28,7 @@ from server.errors import (
     RequestTimeTooSkewed,
     SignatureDoesNotMatch,
 )
-from sink import sigv4
+from sink import presign, sigv4
 
 AKID, SECRET, REGION = "AKIDTEST", "test/secret+key", "eu-west-3"
 KEYS = StaticKeyring({AKID: SECRET})
@@ -356,7 +356,7 @@ def test_bad_session_token_is_refused_so_the_client_renews_it(sessions, now, err
 
 
 def presigned(expires: int = 3600, *, path: str = "/bucket/key", method: str = "GET") -> tuple[str, str]:
-    url = sigv4.presign_url(method, f"http://s3.test:9000{path}?versionId=3", access_key_id=AKID, secret=SECRET,
+    url = presign.presign_url(method, f"http://s3.test:9000{path}?versionId=3", access_key_id=AKID, secret=SECRET,
                             region=REGION, expires=expires, now=T)  # fmt: skip
     split = url.split("?", 1)
     return split[0].removeprefix("http://s3.test:9000"), split[1]
@@ -419,7 +419,7 @@ def test_presigned_with_unsigned_amz_header_is_refused():
 def test_presign_rejects_out_of_range_expiry():
     for expires in (0, 604801):
         with pytest.raises(ValueError):
-            sigv4.presign_url("GET", "http://h/b/k", access_key_id=AKID, secret=SECRET, region=REGION, expires=expires)
+            presign.presign_url("GET", "http://h/b/k", access_key_id=AKID, secret=SECRET, region=REGION, expires=expires)
 
 
 # --- chunked uploads -------------------------------------------------------------

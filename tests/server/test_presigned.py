@@ -2,7 +2,7 @@
 
 GET, HEAD and PUT (appends included: ``x-amz-write-offset-bytes`` is a signed
 header the URL's user must send), the 7-day limit, expiry (a URL signed in the
-past with ``sink.sigv4.presign_url(now=...)``, no waiting) and the key's grants.
+past with ``sink.presign.presign_url(now=...)``, no waiting) and the key's grants.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from botocore.config import Config
 
-from sink.sigv4 import presign_url
+from sink.presign import presign_url
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
 
 CONFIG = """\
