@@ -12,7 +12,7 @@ from functools import partial
 
 import trio
 
-from server.datafiles import PendingWrite, read_at
+from server.datafiles import PendingWrite, read_ahead_at
 from server.errors import EntityTooLarge
 from server.records import BodyDigest, BodyHasher, KiB, MiB, ObjectInfo
 
@@ -233,6 +233,6 @@ class ObjectReader:
         position = start
         while position < end:
             length = min(chunk, end - position)
-            data = await trio.to_thread.run_sync(read_at, self._fd, position, length)
+            data = await trio.to_thread.run_sync(read_ahead_at, self._fd, position, length, end)
             position += length
             yield data

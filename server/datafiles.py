@@ -153,6 +153,20 @@ def write_all_at(fd: int, pieces: Sequence[bytes], offset: int) -> int:
     return position
 
 
+READ_AHEAD = 4 * 1024 * 1024  # bytes past a streamed read that the kernel is asked to fetch meanwhile
+
+
+def read_ahead_at(fd: int, offset: int, length: int, end: int) -> bytes:
+    """``read_at``, after asking the kernel to start reading the next READ_AHEAD
+    bytes (up to ``end``) in the background.  Why: a large body's pages are
+    dropped once written (``release_written``), so a GET reads from the disk, and
+    without this each read waited for the disk while nothing was being sent."""
+    ahead = min(READ_AHEAD, end - offset - length)
+    if ahead > 0:
+        os.posix_fadvise(fd, offset + length, ahead, os.POSIX_FADV_WILLNEED)
+    return read_at(fd, offset, length)
+
+
 def read_at(fd: int, offset: int, length: int) -> bytes:
     """Exactly ``length`` bytes at ``offset``; a short file is a bug or damage, never silent."""
     data = os.pread(fd, length, offset)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from server import datafiles
-from server.datafiles import WRITEBACK_EVERY, DataFiles, PendingWrite, Writeback, release_written, start_writeback
+from server.datafiles import (
+    WRITEBACK_EVERY,
+    DataFiles,
+    PendingWrite,
+    Writeback,
+    read_ahead_at,
+    release_written,
+    start_writeback,
+)
 
 MiB = 1024 * 1024
 
@@ -96,5 +104,20 @@ def test_the_writeback_thread_releases_each_range_one_behind_and_keeps_every_byt
         assert done.wait(10)
         assert released == [(fd, 0, MiB), (closed, 0, MiB), (fd, MiB, MiB)]
         assert os.pread(fd, 3 * MiB, 0) == data
+    finally:
+        os.close(fd)
+
+
+def test_a_read_ahead_read_gives_exactly_the_bytes_asked_for_up_to_the_end(tmp_path: Path) -> None:
+    """The hint for the bytes that follow changes nothing read; at the end there is nothing to hint."""
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_ahead_at(fd, 0, MiB, len(data)) == data[:MiB]
+        assert read_ahead_at(fd, 3 * MiB, 5, len(data)) == data[3 * MiB :]
+        with pytest.raises(OSError, match="ends at"):
+            read_ahead_at(fd, 3 * MiB, 6, len(data) + 1)  # a short file is never silent
     finally:
         os.close(fd)
