@@ -77,6 +77,7 @@ import structlog
 import trio
 
 from server import index
+from server.batch_pipe import BatchPipe
 from server.datafiles import DataFiles, PendingWrite
 
 log = structlog.get_logger()
@@ -104,38 +105,6 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 
 
-class _Pipe:
-    """Hands jobs to the worker thread, which takes all that are queued at once.
-
-    A ``queue.SimpleQueue`` of job lists: putting is one C call, and it wakes
-    the worker only when the worker waits.  ``None`` is the end."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[list[CommitJob] | None] = queue.SimpleQueue()
-        self._closed = False
-
-    def put(self, jobs: list[CommitJob]) -> None:
-        self._queue.put(jobs)
-
-    def take(self) -> list[CommitJob] | None:
-        """Every queued job (blocking until there is one); None once closed and drained."""
-        if self._closed:
-            return None
-        batch: list[CommitJob] = []
-        jobs = self._queue.get()
-        while jobs is not None:
-            batch += jobs
-            try:
-                jobs = self._queue.get_nowait()
-            except queue.Empty:
-                return batch
-        self._closed = True  # the end: what came before it is the last batch
-        return batch or None
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-
 class GroupCommitter:
     """Runs CommitJobs against the one writing connection, many per transaction."""
 
@@ -150,7 +119,7 @@ class GroupCommitter:
         self._files = files
         self._token = token
         self._flush_after_commit = flush_after_commit
-        self._inbox = _Pipe()
+        self._inbox = BatchPipe[CommitJob]()
         self._closed = False
         self.batches = 0
         self.jobs = 0
@@ -160,7 +129,7 @@ class GroupCommitter:
         self._loop_may_sleep = False  # the event loop is in (or entering) an I/O wait that may block
         self._turns: _TurnHandOver | None = _TurnHandOver(self)
         trio.lowlevel.add_instrument(self._turns)
-        self._flushed = _Pipe()  # batches whose data is durable, for the indexer
+        self._flushed = BatchPipe[CommitJob]()  # batches whose data is durable, for the indexer
         # Committed batches whose flush is still to come, for the syncers; None ends one.
         self._syncing: queue.SimpleQueue[tuple[list[CommitJob], list[CommitJob]] | None] = queue.SimpleQueue()
         self._syncers = SYNCERS if flush_after_commit is not None else 0
