@@ -14,9 +14,10 @@ The protocol (DESIGN.md, "Exactly once, end to end"), per append:
    append landed is recognised at the next start (HEAD shows r1).
 
 A stream that is behind (a full append already queued) does steps 1-2 for
-its next append while step 3 is on the wire (``StreamState.next_intent``):
-its PUTs follow each other without a checkpoint write in between, and the
-next PUT still goes out only once its intent is on disk.
+its next appends while step 3 is on the wire (``StreamState.next_intent``
+and ``later_intents``, up to ``agent.ahead.MAX_PENDING`` in one write): its
+PUTs follow each other without a checkpoint write in between, and each PUT
+still goes out only once its intent is on disk.
 
 At most ``max_in_flight`` streams have a request on the wire, and a few times
 that many turns are under way, so the intents of the streams waiting for a
@@ -24,8 +25,9 @@ request slot share one checkpoint write.  Turns are handed out round-robin
 and paced by a token bucket (``agent.pacing``): while a stream waits, its new
 batches join the same append.  A conflict (the object
 is not what we recorded) stops that stream for this run, loudly; a definite
-refusal (no bucket, access denied) pauses it and tries again.  When the batch
-channel ends the shipper drains: every queued batch goes out, pacing aside,
+refusal (no bucket, access denied) pauses it and tries again.  Batches come
+from the tailers through ``enqueue`` (or a channel); when the input ends
+(``end_input``) the shipper drains: every queued batch goes out, pacing aside,
 and the checkpoint is written last.
 """
 
