@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -109,11 +110,13 @@ class Storage:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, *, fsync: bool = True, max_body_size: int = MAX_BODY_SIZE, open_files: int = 256
+        cls, data_dir: Path, *, fsync: bool = True, max_body_size: int = MAX_BODY_SIZE, open_files: int | None = None
     ) -> Storage:
         """Open (creating if needed) the storage in ``data_dir`` and recover it from
-        any crash.  ``open_files`` bounds the write fds kept open for hot objects."""
+        any crash.  ``open_files`` bounds the write fds kept open for hot objects
+        (default: ``default_open_files()``)."""
         data_dir = Path(data_dir)
+        open_files = open_files or default_open_files()
 
         def setup() -> tuple[DataFiles, sqlite3.Connection, dict[str, float], int, CommitFlush | None]:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -419,6 +422,29 @@ class CommitFlush:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+OPEN_FILES = 4096  # hot objects whose state and write fd stay cached: an agent tailing a thousand logs appends to a thousand
+
+
+def default_open_files() -> int:
+    """How many objects' write fds to keep open: ``OPEN_FILES``, raising the soft fd limit toward
+    the hard one if needed, and at most a quarter of what is allowed (sockets and readers need the rest).
+
+    Below the cache's size every append to a round-robin of more objects than it holds reloads
+    the object from the index and reopens its file: with 1,000 objects and 256 slots that
+    halved the server's append rate (1,086 vs 2,139 appends/s, zero-cost client, 16 connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * OPEN_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+            except (ValueError, OSError):
+                pass
+    return OPEN_FILES if soft == resource.RLIM_INFINITY else max(16, min(OPEN_FILES, soft // 4))
 
 
 def _lock_data_dir(data_dir: Path) -> int:

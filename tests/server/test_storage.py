@@ -537,6 +537,29 @@ async def test_slots_are_evicted_but_state_stays_right(tmp_path: Path) -> None:
             assert await content(storage, f"k{n}") == b"xxx"
 
 
+@pytest.mark.parametrize(("soft", "hard", "expected", "soft_after"), [
+    (1024, 20000, 4096, 16384),  # systemd's default soft limit is raised toward the hard one
+    (200, 200, 50, 200),  # a hard limit that cannot be raised: a quarter of it
+])
+def test_open_files_follow_the_fd_limit(soft: int, hard: int, expected: int, soft_after: int) -> None:
+    import subprocess
+    import sys
+
+    script = (f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}));"
+              "from server.storage import default_open_files; n = default_open_files();"
+              "print(n, resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    if hard > resource_hard_limit():
+        pytest.skip(f"this machine's hard fd limit is below {hard}")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in out] == [expected, soft_after]
+
+
+def resource_hard_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
 async def test_is_writable(storage: Storage) -> None:
     assert await storage.is_writable()
     await storage.aclose()
