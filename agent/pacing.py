@@ -66,8 +66,8 @@ class TokenBucket:
             return True
         return False
 
-    def ready_at(self, now: float) -> float:
-        """When the next token will be there (``now`` if it is).
+    def ready_at(self, now: float, count: int = 1) -> float:
+        """When ``count`` tokens (at most ``burst``) will be there (``now`` if they are).
 
         Refills are sums of floats: at the time computed here the bucket may hold
         0.9999999999999998 tokens, and that time plus the shortfall's share may
@@ -76,9 +76,10 @@ class TokenBucket:
         dispatcher waiting for it cannot spin at one instant (it did, under a
         MockClock, which does not move while tasks run)."""
         self._refill(now)
-        if self.tokens >= 1 - TOKEN_SLACK:
+        wanted = min(max(count, 1), self.burst)
+        if self.tokens >= wanted - TOKEN_SLACK:
             return now
-        return max(now + (1 - self.tokens) / self.rate, math.nextafter(now, math.inf))
+        return max(now + (wanted - self.tokens) / self.rate, math.nextafter(now, math.inf))
 
 
 def turn_interval(active_streams: int, rate: float) -> float:

@@ -23,7 +23,10 @@ At most ``max_in_flight`` streams have a request on the wire, and a few times
 that many turns are under way, so the intents of the streams waiting for a
 request slot share one checkpoint write.  Turns are handed out round-robin
 and paced by a token bucket (``agent.pacing``): while a stream waits, its new
-batches join the same append.  A conflict (the object
+batches join the same append.  With many streams waiting, the dispatcher
+waits for a group of tokens (``DISPATCH_GRAIN`` of the rate) and starts that
+many turns at once: their intents share one checkpoint write, and one timer
+(a cancel scope expiring) serves the group instead of one per append.  A conflict (the object
 is not what we recorded) stops that stream for this run, loudly; a definite
 refusal (no bucket, access denied) pauses it and tries again.  Batches come
 from the tailers through ``enqueue`` (or a channel); when the input ends
@@ -60,10 +63,11 @@ from sink.retry import RetryPolicy
 log = structlog.get_logger()
 
 APPEND_RATE = 200.0  # appends a second, all streams together: ~0.4 core with 1,000 busy streams (~2 ms each, reads included)
-APPEND_BURST = 16.0
+APPEND_BURST = 64.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
 GC_EVERY_BYTES = 8 << 20  # see ``_collect``
-TURNS_PER_SLOT = 8  # turns under way per request slot: their intents go to disk in one write
+TURNS_PER_SLOT = 16  # turns under way per request slot: their intents go to disk in one write
+DISPATCH_GRAIN = 0.1  # seconds of tokens a dispatcher wake-up may wait for when many lanes wait (``_tokens_per_wake``)
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
 # The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
@@ -307,8 +311,8 @@ class Shipper:
                 self._drained.set()
                 return
             wake_at = math.inf
-            if self._ready and self._running < self._max_turns:
-                wake_at = self._tokens.ready_at(now)  # the first lane is not behind (else it would have gone)
+            if self._ready and self._running < self._max_turns:  # the first lane is not behind (else it would have gone)
+                wake_at = self._tokens.ready_at(now, self._tokens_per_wake())
             with trio.move_on_at(wake_at):
                 await self._wake.wait()
 
@@ -360,6 +364,12 @@ class Shipper:
         if self._draining or self._behind(lane):
             return True
         return self._tokens.take(now)
+
+    def _tokens_per_wake(self) -> int:
+        """How many tokens the dispatcher waits for when lanes wait for them: with many waiting, as many
+        as ``DISPATCH_GRAIN`` of the rate brings, so one timer (a cancel scope expiring, a Cancelled raised
+        and caught) starts several turns; one turn's wait grows by at most that grain."""
+        return max(1, min(len(self._ready), self._max_turns - self._running, int(self.rate * DISPATCH_GRAIN)))
 
     def _behind(self, lane: Lane) -> bool:
         waiting = lane.queued

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 from agent.pacing import TokenBucket
+from agent.shipper import DISPATCH_GRAIN
 from sink.testing import FakeS3, SeenRequest
 from tests.agent.test_shipper import IDLE, lines, shipping
 
@@ -79,6 +81,38 @@ async def test_a_stream_that_starts_waiting_gets_the_next_turn(tmp_path: Path, m
     # b goes out after at most a's append already taken (its intent recorded while the last PUT was in flight)
     assert len(a_while_b_waits) <= 1, keys
     assert h.stored("h/logs/a.log") == busy
+
+
+async def test_many_waiting_streams_start_their_turns_in_groups(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    """With many lanes waiting for tokens, one dispatcher wake-up waits for several (``DISPATCH_GRAIN`` of
+    the rate) and starts that many turns: one timer per group, not per append; the rate still holds."""
+    mock_clock.autojump_threshold = IDLE
+    fake, appends = _recording()
+    streams = [f"/logs/{n}.log" for n in range(40)]
+    rate = 100.0
+    per_wake = int(rate * DISPATCH_GRAIN)
+    assert per_wake >= 5
+    async with shipping(tmp_path, fake, rate=rate, burst=float(per_wake)) as h:
+        for stream in streams:
+            h.add(stream)
+        for stream in streams:
+            await h.send(stream, b"x\n")
+        for stream in streams:
+            await h.shipped(stream, 2)
+    stamps = sorted(stamp for _, stamp in appends)
+    assert len(stamps) == 40
+    groups = sorted(set(round(stamp, 6) for stamp in stamps))
+    assert len(groups) <= 40 // per_wake + 1, groups  # one token at a time would give ~31 distinct times
+    assert groups[-1] - groups[0] >= (40 - per_wake) / rate - 1e-6  # and no faster than the rate
+
+
+def test_a_token_bucket_says_when_several_tokens_are_there() -> None:
+    bucket = TokenBucket(rate=10.0, burst=4.0)
+    assert bucket.ready_at(0.0, 4) == 0.0  # starts full
+    for _ in range(4):
+        assert bucket.take(0.0)
+    assert bucket.ready_at(0.0, 3) == pytest.approx(0.3)
+    assert bucket.ready_at(0.0, 10) == pytest.approx(0.4)  # never more than the burst
 
 
 def test_a_token_bucket_never_asks_to_wait_until_now_without_a_token() -> None:
