@@ -55,6 +55,7 @@ from agent.lanes import Lane, Route
 from agent.metrics import AgentMetrics, StreamPosition
 from agent.objects import StreamObjects
 from agent.pacing import TokenBucket, turn_interval
+from agent.request_slots import RequestSlots
 from agent.tailer import ReadAheadBudget
 from sink.client import S3Client
 from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
@@ -71,26 +72,6 @@ DISPATCH_GRAIN = 0.1  # seconds of tokens a dispatcher wake-up may wait for when
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
 # The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
-
-
-class _Slots:
-    """``max_in_flight`` request slots.  A free one is taken without yielding to the scheduler
-    (``async with`` on a trio CapacityLimiter always yields: a task switch per append for nothing,
-    the request yields soon anyway); one that must be waited for is waited for in turn."""
-
-    __slots__ = ("limiter",)
-
-    def __init__(self, total: int) -> None:
-        self.limiter = trio.CapacityLimiter(total)
-
-    async def __aenter__(self) -> None:
-        try:
-            self.limiter.acquire_nowait()  # WouldBlock while others wait, too: no overtaking
-        except trio.WouldBlock:
-            await self.limiter.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.limiter.release()
 
 
 class Shipper:
@@ -127,7 +108,7 @@ class Shipper:
         self._ready: OrderedDict[str, Lane] = OrderedDict()
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
         self._tokens = TokenBucket(rate, burst)
-        self._slots = _Slots(max_in_flight)  # requests on the wire
+        self._slots = RequestSlots(max_in_flight)  # requests on the wire
         self._max_turns = max_in_flight * TURNS_PER_SLOT  # turns under way: the rest record their intents meanwhile
         self._running = 0
         self._flush_soon = trio.Event()

@@ -8,7 +8,7 @@ from typing import Iterator
 import trio
 import trio.testing
 
-from agent.shipper import _Slots
+from agent.request_slots import RequestSlots
 from agent.tailer import ReadAheadBudget
 
 
@@ -36,15 +36,15 @@ def _no_yield() -> Iterator[None]:
 
 
 async def test_a_free_slot_is_taken_without_yielding() -> None:
-    slots = _Slots(1)
+    slots = RequestSlots(1)
     with _no_yield():
         async with slots:
-            assert slots.limiter.borrowed_tokens == 1
-    assert slots.limiter.borrowed_tokens == 0
+            assert slots.free == 0
+    assert slots.free == 1
 
 
 async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.testing.MockClock) -> None:
-    slots = _Slots(1)
+    slots = RequestSlots(1)
     order: list[str] = []
 
     async def use(name: str, hold: float) -> None:
@@ -56,11 +56,36 @@ async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.t
         nursery.start_soon(use, "first", 1.0)
         await trio.sleep(0.1)
         nursery.start_soon(use, "waiting", 0.0)
-        await trio.sleep(0.1)  # "waiting" is parked on the limiter now
+        await trio.sleep(0.1)  # "waiting" is parked now
         await trio.sleep(0.7)  # "first" still holds it
         with trio.move_on_after(0):  # a newcomer finds the slot owed to "waiting"
             await use("newcomer", 0.0)
     assert order == ["first", "waiting"]
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_takes_no_slot(autojump_clock: trio.testing.MockClock) -> None:
+    slots = RequestSlots(1)
+    order: list[str] = []
+
+    async def use(name: str, hold: float) -> None:
+        async with slots:
+            order.append(name)
+            await trio.sleep(hold)
+
+    async def give_up_later(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await use("gave up", 0.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(use, "first", 1.0)
+        await trio.sleep(0.1)
+        gave_up = await nursery.start(give_up_later)
+        await trio.sleep(0.1)  # parked behind "first" now
+        gave_up.cancel()
+        nursery.start_soon(use, "last", 0.0)
+    assert order == ["first", "last"]
+    assert slots.free == 1
 
 
 async def test_free_budget_is_taken_without_yielding() -> None:

@@ -102,7 +102,9 @@ async def test_many_waiting_streams_start_their_turns_in_groups(tmp_path: Path, 
     stamps = sorted(stamp for _, stamp in appends)
     assert len(stamps) == 40
     groups = sorted(set(round(stamp, 6) for stamp in stamps))
-    assert len(groups) <= 40 // per_wake + 1, groups  # one token at a time would give ~31 distinct times
+    # one token at a time would give ~31 distinct times; the first group may split while the streams'
+    # batches are still arriving (the dispatcher starts what is ready)
+    assert len(groups) <= 40 // per_wake + 3, groups
     assert groups[-1] - groups[0] >= (40 - per_wake) / rate - 1e-6  # and no faster than the rate
 
 
