@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.app import CPU_BUDGET
 from bench import loadgen
 from bench.agentproc import BUCKET, CLOCK_TICKS, HOST, AgentProcess, agent_config, cpu_seconds, memory_mib, wait_until
 from bench.freshness import SizeLog, SizePoller, line_latencies, percentile
+from bench.lean_client import lean_floor
 from bench.logwriter import LINE, PacedWriter, WriteLog
 from bench.raws3 import RawS3
 from bench.verify import sizes_reached, verify
@@ -106,6 +108,10 @@ def observe(fleet: Fleet, seconds: float) -> Window:
                   (machine_busy() - m0) / elapsed, (fleet.agent.metric(APPENDS) - n0) / elapsed)
 
 
+def per_append_ms(window: Window) -> float:
+    return window.agent_cpu / window.appends * 1e3 if window.appends else math.nan
+
+
 def latencies_of(writer: PacedWriter, seen: dict[str, SizeLog], fleet: Fleet, paths: list[Path],
                  since: float = -math.inf) -> tuple[list[float], int]:
     """Every line's freshness for ``paths``, for writes made from ``since`` on; and lines never seen."""
@@ -161,13 +167,16 @@ def server_ceiling(port: int, connections: int, count: int, body: int) -> float:
 
 def many_files(tmp: Path, files: int, per_file: float, window: float, outage: float, poll: float,
                sample: int) -> list[Row]:
-    """``files`` files at ``per_file`` lines/s each: CPU and freshness, peak RSS, then a server outage."""
+    """``files`` files at ``per_file`` lines/s each: CPU and freshness (next to the server ceiling and the lean
+    client floor, ``bench.lean_client``), peak RSS, then a server outage."""
     fleet = Fleet.start(tmp, "many", files)
     sampled = fleet.paths[:sample]  # f0000..f0099: one listing of a prefix
     try:
         idle = memory_mib(fleet.agent.pid)["VmRSS"]
         quiet = observe(fleet, min(5.0, window / 3))  # nothing written: what following idle files costs
         ceiling = server_ceiling(fleet.server.port, MAX_IN_FLIGHT, 2000, int(per_file * LINE))  # the agent is idle
+        floor = lean_floor(fleet.server.port, BUCKET, ACCESS_KEY, SECRET_KEY, streams=files, connections=MAX_IN_FLIGHT,
+                           rounds=3, body=int(per_file * LINE))
         poller = SizePoller(fleet.server.port, BUCKET, f"{HOST}/f{'0' * (4 - len(str(sample - 1)))}", poll).start()
         writer = PacedWriter(fleet.paths, files * per_file).start()
         time.sleep(min(5.0, window / 3))  # warm-up: every stream has had its first append
@@ -212,6 +221,11 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
         (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections",
          f"{ceiling:,.0f} appends/s",
          f"zero-cost client, same server, same run: a turn per stream every >= {files / ceiling:.1f} s", ""),
+        (f"lean client floor: {files:,} streams, {int(per_file * LINE)} B appends",
+         f"{floor.cpu_per_append * 1e6:.0f} µs CPU/append",
+         f"sign + h11 + trio sockets, one read hop and one fsync a round, nothing else ({floor.appends / floor.seconds:,.0f}"
+         f" appends/s): at the agent's {CPU_BUDGET} core {CPU_BUDGET / floor.cpu_per_append:,.0f} appends/s, a turn "
+         f"every {files * floor.cpu_per_append / CPU_BUDGET:.2f} s; the agent: {per_append_ms(seen_window):.2f} ms", ""),
         (f"peak RSS tailing {files:,} files", f"{steady_peak:.0f} MiB",
          f"idle with {files:,} files {idle:.0f} MiB; {memory['VmHWM']:.0f} MiB including the catch-up after the outage",
          "target <= 80 MiB"),
