@@ -43,15 +43,22 @@ async def test_a_free_slot_is_taken_without_yielding() -> None:
     assert slots.free == 1
 
 
-async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.testing.MockClock) -> None:
-    slots = RequestSlots(1)
-    order: list[str] = []
+class _Users:
+    """Tasks taking turns at one request slot; ``order`` is who got it."""
 
-    async def use(name: str, hold: float) -> None:
-        async with slots:
-            order.append(name)
+    def __init__(self) -> None:
+        self.slots = RequestSlots(1)
+        self.order: list[str] = []
+
+    async def use(self, name: str, hold: float) -> None:
+        async with self.slots:
+            self.order.append(name)
             await trio.sleep(hold)
 
+
+async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.testing.MockClock) -> None:
+    users = _Users()
+    use = users.use
     async with trio.open_nursery() as nursery:
         nursery.start_soon(use, "first", 1.0)
         await trio.sleep(0.1)
@@ -60,17 +67,12 @@ async def test_a_task_waiting_for_a_slot_is_not_overtaken(autojump_clock: trio.t
         await trio.sleep(0.7)  # "first" still holds it
         with trio.move_on_after(0):  # a newcomer finds the slot owed to "waiting"
             await use("newcomer", 0.0)
-    assert order == ["first", "waiting"]
+    assert users.order == ["first", "waiting"]
 
 
 async def test_a_cancelled_waiter_gives_up_its_place_and_takes_no_slot(autojump_clock: trio.testing.MockClock) -> None:
-    slots = RequestSlots(1)
-    order: list[str] = []
-
-    async def use(name: str, hold: float) -> None:
-        async with slots:
-            order.append(name)
-            await trio.sleep(hold)
+    users = _Users()
+    use = users.use
 
     async def give_up_later(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
@@ -84,8 +86,8 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_takes_no_slot(autojump_
         await trio.sleep(0.1)  # parked behind "first" now
         gave_up.cancel()
         nursery.start_soon(use, "last", 0.0)
-    assert order == ["first", "last"]
-    assert slots.free == 1
+    assert users.order == ["first", "last"]
+    assert users.slots.free == 1
 
 
 async def test_free_budget_is_taken_without_yielding() -> None:
