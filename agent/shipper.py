@@ -14,21 +14,20 @@ The protocol (DESIGN.md, "Exactly once, end to end"), per append:
    append landed is recognised at the next start (HEAD shows r1).
 
 A stream that is behind (a full append already queued) does steps 1-2 for
-its next appends while step 3 is on the wire (``StreamState.next_intent``
-and ``later_intents``, up to ``agent.ahead.MAX_PENDING`` in one write): its
+its next appends while step 3 is on the wire (``agent.next_appends``;
+``StreamState.next_intent`` and ``later_intents``, up to
+``agent.ahead.MAX_PENDING`` in one write): its
 PUTs follow each other without a checkpoint write in between, and each PUT
 still goes out only once its intent is on disk.
 
 At most ``max_in_flight`` streams have a request on the wire, and a few times
 that many turns are under way, so the intents of the streams waiting for a
 request slot share one checkpoint write.  Turns are handed out round-robin
-and paced by a token bucket (``agent.pacing``): while a stream waits, its new
-batches join the same append.  With many streams waiting, the dispatcher
-waits for a group of tokens (``DISPATCH_GRAIN`` of the rate) and starts that
-many turns at once: their intents share one checkpoint write, and one timer
-(a cancel scope expiring) serves the group instead of one per append.  A conflict (the object
-is not what we recorded) stops that stream for this run, loudly; a definite
-refusal (no bucket, access denied) pauses it and tries again.  Batches come
+and paced by a token bucket (``agent.turn_order``: who goes next, and when;
+with many streams waiting, several at once): while a stream waits, its new
+batches join the same append.  A conflict (the object is not what we recorded)
+stops that stream for this run, loudly; a definite refusal (no bucket, access
+denied) pauses it and tries again.  Batches come
 from the tailers through ``enqueue`` (or a channel); when the input ends
 (``end_input``) the shipper drains: every queued batch goes out, pacing aside,
 and the checkpoint is written last.
@@ -37,9 +36,7 @@ and the checkpoint is written last.
 from __future__ import annotations
 
 import gc
-import itertools
 import math
-from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -53,22 +50,22 @@ from agent.connect import SinkHealth
 from agent.errors import AgentError, CheckpointError
 from agent.lanes import Lane, Route
 from agent.metrics import AgentMetrics, StreamPosition
+from agent.next_appends import NextAppends
 from agent.objects import StreamObjects
-from agent.pacing import TokenBucket, turn_interval
 from agent.request_slots import RequestSlots
 from agent.tailer import ReadAheadBudget
+from agent.turn_order import TurnOrder
 from sink.client import S3Client
 from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
 from sink.retry import RetryPolicy
 
 log = structlog.get_logger()
 
-APPEND_RATE = 200.0  # appends a second, all streams together: ~0.4 core with 1,000 busy streams (~2 ms each, reads included)
+APPEND_RATE = 200.0  # appends a second, all streams together, until agent.cpu_budget sizes the rate (this is its floor)
 APPEND_BURST = 64.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
 GC_EVERY_BYTES = 8 << 20  # see ``_collect``
 TURNS_PER_SLOT = 16  # turns under way per request slot: their intents go to disk in one write
-DISPATCH_GRAIN = 0.1  # seconds of tokens a dispatcher wake-up may wait for when many lanes wait (``_tokens_per_wake``)
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
 # The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
@@ -99,31 +96,25 @@ class Shipper:
         self.bucket = bucket
         self.budget = budget
         self.max_bytes = max_bytes
-        self.rate = rate
         self.metrics = metrics or AgentMetrics()
         self.health = health or SinkHealth()
         self.on_failed = on_failed
         self._lanes: dict[str, Lane] = {}
-        # Waiting for a turn; insertion order is turn order (an OrderedDict pops its first item in O(1)).
-        self._ready: OrderedDict[str, Lane] = OrderedDict()
+        self._order = TurnOrder(rate, burst, max_turns=max_in_flight * TURNS_PER_SLOT, max_bytes=max_bytes)
         self._dirty: set[Lane] = set()  # state newer than the checkpoint file
-        self._tokens = TokenBucket(rate, burst)
         self._slots = RequestSlots(max_in_flight)  # requests on the wire
-        self._max_turns = max_in_flight * TURNS_PER_SLOT  # turns under way: the rest record their intents meanwhile
-        self._running = 0
         self._flush_soon = trio.Event()
         self._drained = trio.Event()
         self._input_ended = trio.Event()
-        self._draining = False
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._since_gc = 0
-        self._prepared: dict[str, tuple[tuple[Batch, ...], bytes]] = {}  # next appends taken while one was on the wire
         # Told of a stream expected again as its turn ends, with its place (discovery reads it now if that is near).
         self.on_expected: Callable[[str, int], None] | None = None
         self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
                                       wall_clock=wall_clock, record=self._save_with)
+        self._next = NextAppends(self._objects, budget, max_bytes, self._encode, self._save_with)
 
     # -- streams -------------------------------------------------------------------
 
@@ -150,21 +141,25 @@ class Shipper:
     def positions(self) -> list[StreamPosition]:
         return [StreamPosition(s, s, lane.state.identity, lane.state.offset) for s, lane in self._lanes.items()]
 
-    def turn_interval(self) -> float:
-        """About how long a stream waits between two appends now (the app paces reading with it)."""
-        return turn_interval(self._running + len(self._ready), self.rate)
-
-    def waiting_beyond(self, turns: int) -> set[str]:
-        """Streams waiting for a turn that comes after the next ``turns`` turns (the app reads those later)."""
-        return set(itertools.islice(self._ready, turns, None))
+    @property
+    def rate(self) -> float:
+        return self._order.rate
 
     def set_rate(self, rate: float) -> None:
         """Appends a second from now on (``agent.cpu_budget`` sizes it to what an append costs)."""
-        self.rate = self._tokens.rate = rate
+        self._order.rate = rate
+
+    def turn_interval(self) -> float:
+        """About how long a stream waits between two appends now (the app paces reading with it)."""
+        return self._order.interval()
+
+    def waiting_beyond(self, turns: int) -> set[str]:
+        """Streams waiting for a turn that comes after the next ``turns`` turns (the app reads those later)."""
+        return self._order.beyond(turns)
 
     def waiting_within(self, turns: int) -> list[str]:
         """Streams whose turns come within the next ``turns`` turns, soonest first (the app reads them now)."""
-        return list(itertools.islice(self._ready, turns))
+        return self._order.within(turns)
 
     def expect(self, stream: str) -> int | None:
         """Give a stream whose file changed its place in the turn order before its new bytes are read.
@@ -177,12 +172,12 @@ class Shipper:
         the stream cannot wait for a turn now (unknown, failed, paused, in a turn,
         already waiting, or draining)."""
         lane = self._lanes.get(stream)
-        if lane is None or lane.failed is not None or lane.blocked or lane.busy or self._draining or stream in self._ready:
+        order = self._order
+        if lane is None or lane.failed is not None or lane.blocked or lane.busy or order.draining or stream in order:
             return None
-        if not self._ready:  # otherwise the dispatcher already waits for a token or a turn's end
+        if not order:  # otherwise the dispatcher already waits for a token or a turn's end
             self._wakeup()
-        self._ready[stream] = lane
-        return len(self._ready) - 1
+        return order.line_up(lane)
 
     async def resolve(self, stream: str) -> StreamState | None:
         """Open the stream's object and settle an append recorded before a restart (HEAD).
@@ -240,7 +235,7 @@ class Shipper:
                     async with batches:
                         async for batch in batches:
                             self._enqueue(batch)
-                self._draining = True
+                self._order.draining = True
                 self._wakeup()
                 await self._drained.wait()
                 nursery.cancel_scope.cancel()
@@ -269,32 +264,28 @@ class Shipper:
             self.budget.release(batch.size)
             self._fail(lane, exc, in_turn=False)
             return
-        if not lane.busy and not lane.blocked and lane.stream not in self._ready:
-            if not self._ready:  # otherwise the dispatcher already waits for a token or a turn's end
+        if not lane.busy and not lane.blocked and lane.stream not in self._order:
+            if not self._order:  # otherwise the dispatcher already waits for a token or a turn's end
                 self._wakeup()
-            self._ready[lane.stream] = lane
+            self._order.line_up(lane)
 
     async def _dispatch(self) -> None:
         """Hand out turns: free slots, tokens (unless draining), round-robin."""
         assert self._nursery is not None
+        order = self._order
         while True:
             self._wake = trio.Event()
             now = trio.current_time()
-            # The first ready lanes only (no copy of all of them: a thousand wait while tokens are out).
-            while self._ready and self._running < self._max_turns and self._may_go(next(iter(self._ready.values())), now):
-                _, lane = self._ready.popitem(last=False)
+            while (lane := order.next_turn(now)) is not None:
                 if not lane.has_work:
                     continue  # expected, and its read as the turn came near found nothing: the place passes
                 lane.busy = True
-                self._running += 1
+                order.running += 1
                 self._nursery.start_soon(self._turn, lane)
-            if self._draining and not self._ready and self._running == 0:
+            if order.draining and not order and order.running == 0:
                 self._drained.set()
                 return
-            wake_at = math.inf
-            if self._ready and self._running < self._max_turns:  # the first lane is not behind (else it would have gone)
-                wake_at = self._tokens.ready_at(now, self._tokens_per_wake())
-            with trio.move_on_at(wake_at):
+            with trio.move_on_at(order.next_look(now)):
                 await self._wake.wait()
 
     async def _flush_acknowledged(self) -> None:
@@ -313,15 +304,16 @@ class Shipper:
                 await self._ship(lane)
         finally:
             lane.busy = False
+            order = self._order
             # The dispatcher waits for a token when a turn is free and lanes wait: a turn ending
             # changes what it waits for only if every turn was taken, or nothing waited, or it drains.
-            dispatcher_stuck = self._running >= self._max_turns or not self._ready or self._draining
-            self._running -= 1
+            dispatcher_stuck = order.running >= order.max_turns or not order or order.draining
+            order.running -= 1
             # Back in line: with what was read meanwhile, or expected (its file is read as the turn comes near).
-            if lane.failed is None and not lane.blocked and (lane.has_work or not self._draining):
-                self._ready[lane.stream] = lane
+            if lane.failed is None and not lane.blocked and (lane.has_work or not order.draining):
+                place = order.line_up(lane)
                 if not lane.has_work and self.on_expected is not None:
-                    self.on_expected(lane.stream, len(self._ready) - 1)
+                    self.on_expected(lane.stream, place)
             if dispatcher_stuck:
                 self._wakeup()
             self.notify()
@@ -330,33 +322,9 @@ class Shipper:
         """A lane whose next append is taken and recorded keeps its turn when no other lane waits and a
         token is there: a busy lone stream's PUTs follow each other without a trip through the dispatcher
         (a wake-up and a new task, while its read-ahead refills run first)."""
-        if lane.retry is None or lane.state.intent is None or lane.failed is not None or lane.blocked or self._ready:
+        if lane.retry is None or lane.state.intent is None or lane.failed is not None or lane.blocked or self._order:
             return False
-        return self._may_go(lane, trio.current_time())
-
-    def _may_go(self, lane: Lane, now: float) -> bool:
-        """Its append may start now: draining, or the lane is behind, or a token is there.
-
-        A lane behind (a full append's worth or more waiting) takes no token: the
-        rate exists so that waiting streams gather their lines into fewer appends,
-        and its next append is as full as it can get however long it waits.  So a
-        busy stream appends as fast as the server answers (1 MiB appends at 200 a
-        second would cap it at ~210 MB/s), and its CPU grows with its bytes."""
-        if self._draining or self._behind(lane):
-            return True
-        return self._tokens.take(now)
-
-    def _tokens_per_wake(self) -> int:
-        """How many tokens the dispatcher waits for when lanes wait for them: with many waiting, as many
-        as ``DISPATCH_GRAIN`` of the rate brings, so one timer (a cancel scope expiring, a Cancelled raised
-        and caught) starts several turns; one turn's wait grows by at most that grain."""
-        return max(1, min(len(self._ready), self._max_turns - self._running, int(self.rate * DISPATCH_GRAIN)))
-
-    def _behind(self, lane: Lane) -> bool:
-        waiting = lane.queued
-        if lane.retry is not None:
-            waiting += sum(b.size for b in lane.retry[0])
-        return waiting >= self.max_bytes
+        return self._order.may_go(lane, trio.current_time())
 
     # -- one append ----------------------------------------------------------------------
 
@@ -392,20 +360,20 @@ class Shipper:
             self._refused(lane, exc)
             return
         self._landed(lane, batches, body, length)
-        lane.retry = self._prepared.pop(lane.stream, None)
+        lane.retry = self._next.pop(lane.stream)
         if not lane.queue:
             self._flush_soon.set()  # nothing follows soon to carry this state to disk
 
     async def _append(self, lane: Lane, body: bytes) -> int:
         """Send the lane's append; meanwhile take its next one and record that too, when it is worth it."""
         assert lane.writer is not None and lane.state.intent is not None
-        if not self._worth_preparing(lane, len(body)):
+        if not self._next.worth_taking(lane, len(body)):
             async with self._slots:
                 return await lane.writer.append(body)
         failures: list[Exception] = []
         length, refused = 0, None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._prepare_next, lane, lane.state.intent, failures)
+            nursery.start_soon(self._next.take, lane, lane.state.intent, failures)
             try:
                 async with self._slots:
                     length = await lane.writer.append(body)
@@ -416,41 +384,6 @@ class Shipper:
         if refused is not None:
             raise refused
         return length
-
-    def _worth_preparing(self, lane: Lane, size: int) -> bool:
-        """Behind (a full append already queued): the next append is the same whenever it is taken, so take it now.
-        Otherwise bytes read meanwhile would miss it and wait a whole turn longer."""
-        if lane.queued < self.max_bytes or lane.stream in self._prepared:
-            return False
-        r1 = lane.state.object_length + size
-        return not self._objects.roll_due(lane, self.max_bytes, length=r1, appends=lane.appends + 1)
-
-    async def _prepare_next(self, lane: Lane, sending: Intent, failures: list[Exception]) -> None:
-        """Take the lane's next batches and record their append after ``sending`` (durably, group-committed),
-        unless an earlier write recorded it ahead; a write records the whole appends queued behind it too
-        (``StreamObjects.with_appends_ahead``): one flush per few appends.
-
-        The batches are the shipper's until that turn (``_prepared``).  If the append
-        on the wire did not keep its recorded place (the server made the writer roll
-        over), the next intent is left unrecorded: its turn records it."""
-        if not lane.queue or lane.failed is not None:
-            return
-        batches = lane.take(self.max_bytes)
-        try:
-            body = await self._encode(lane, batches)
-            state = lane.state
-            r0 = sending.r1
-            following = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
-            if lane.failed is None and state.intent == sending and state.next_intent != following:
-                lane.state = self._objects.with_appends_ahead(lane, state.only_first().with_intent(following), self.max_bytes)
-                await self._save_with(lane)
-        except Exception as exc:  # a checkpoint that cannot be written: the turn raises it, nothing more is sent
-            failures.append(exc)
-            body = b""
-        if lane.failed is not None or failures:
-            self.budget.release(sum(b.size for b in batches))
-            return
-        self._prepared[lane.stream] = (batches, body)
 
     def _landed(self, lane: Lane, batches: tuple[Batch, ...], body: bytes, length: int) -> None:
         lane.retry = None
@@ -487,13 +420,13 @@ class Shipper:
     def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
         """Stop the stream for this run.  Outside its turn, a turn in progress keeps (and settles) its batches."""
         self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
-        prepared = self._prepared.pop(lane.stream, None)
-        if prepared is not None:
-            self.budget.release(sum(b.size for b in prepared[0]))
+        taken = self._next.pop(lane.stream)
+        if taken is not None:
+            self.budget.release(sum(b.size for b in taken[0]))
         if lane.failed is not None:
             return
         lane.failed = str(exc)
-        self._ready.pop(lane.stream, None)
+        self._order.leave(lane.stream)
         if isinstance(exc, ConflictError):
             self.metrics.conflicts.inc()
         log.error(events.STREAM_FAILED, stream=lane.stream, key=lane.state.key, offset=lane.state.offset,
@@ -518,7 +451,7 @@ class Shipper:
         await trio.sleep(REFUSAL_PAUSE)
         lane.blocked = False
         if lane.failed is None and lane.has_work and not lane.busy:
-            self._ready[lane.stream] = lane
+            self._order.line_up(lane)
             self._wakeup()
 
     # -- small things ----------------------------------------------------------------------
@@ -544,6 +477,6 @@ class Shipper:
 
     def __repr__(self) -> str:
         return (
-            f"<Shipper {self.bucket} streams={len(self._lanes)} ready={len(self._ready)} running={self._running} "
-            f"dirty={len(self._dirty)} draining={self._draining} {self.budget!r}>"
+            f"<Shipper {self.bucket} streams={len(self._lanes)} ready={len(self._order)} running={self._order.running} "
+            f"dirty={len(self._dirty)} draining={self._order.draining} {self.budget!r}>"
         )

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from agent.pacing import TokenBucket
-from agent.shipper import DISPATCH_GRAIN
+from agent.turn_order import DISPATCH_GRAIN
 from sink.testing import FakeS3, SeenRequest
 from tests.agent.test_shipper import IDLE, lines, shipping
 
