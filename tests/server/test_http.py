@@ -418,8 +418,8 @@ async def test_body_timeout_raises_request_timeout_and_closes():
 
     async with serving(handler, body_timeout=0.2, drain_timeout=0.2) as (_, port):
         client = await RawClient.open(port)
+        start = trio.current_time()  # the server's body wait starts later, once these bytes are in
         await client.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
-        start = trio.current_time()
         reply = await client.response("PUT")
         assert trio.current_time() - start >= 0.2
         assert reply.status == 400 and b"RequestTimeout" in reply.body and reply.headers["connection"] == "close"
