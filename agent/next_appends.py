@@ -38,8 +38,14 @@ class NextAppends:
         self._taken: dict[str, Taken] = {}
 
     def pop(self, stream: str) -> Taken | None:
-        """The stream's next append if one was taken ahead (its turn sends it, or a failure drops it)."""
+        """The stream's next append if one was taken ahead: its turn sends it."""
         return self._taken.pop(stream, None)
+
+    def drop(self, stream: str) -> None:
+        """Forget the stream's next append (the stream failed) and give its bytes back to the read-ahead budget."""
+        taken = self._taken.pop(stream, None)
+        if taken is not None:
+            self._budget.release(sum(b.size for b in taken[0]))
 
     def worth_taking(self, lane: Lane, size: int) -> bool:
         """Behind (a full append already queued): the next append is the same whenever it is taken, so take it

@@ -175,9 +175,7 @@ class Shipper:
         order = self._order
         if lane is None or lane.failed is not None or lane.blocked or lane.busy or order.draining or stream in order:
             return None
-        if not order:  # otherwise the dispatcher already waits for a token or a turn's end
-            self._wakeup()
-        return order.line_up(lane)
+        return self._line_up(lane)
 
     async def resolve(self, stream: str) -> StreamState | None:
         """Open the stream's object and settle an append recorded before a restart (HEAD).
@@ -265,9 +263,7 @@ class Shipper:
             self._fail(lane, exc, in_turn=False)
             return
         if not lane.busy and not lane.blocked and lane.stream not in self._order:
-            if not self._order:  # otherwise the dispatcher already waits for a token or a turn's end
-                self._wakeup()
-            self._order.line_up(lane)
+            self._line_up(lane)
 
     async def _dispatch(self) -> None:
         """Hand out turns: free slots, tokens (unless draining), round-robin."""
@@ -420,9 +416,7 @@ class Shipper:
     def _fail(self, lane: Lane, exc: Exception, *, in_turn: bool = True) -> None:
         """Stop the stream for this run.  Outside its turn, a turn in progress keeps (and settles) its batches."""
         self.budget.release(lane.drop_all(keep_retry=lane.busy and not in_turn))
-        taken = self._next.pop(lane.stream)
-        if taken is not None:
-            self.budget.release(sum(b.size for b in taken[0]))
+        self._next.drop(lane.stream)
         if lane.failed is not None:
             return
         lane.failed = str(exc)
@@ -463,6 +457,12 @@ class Shipper:
         if self._since_gc >= GC_EVERY_BYTES:
             self._since_gc = 0
             gc.collect(1)
+
+    def _line_up(self, lane: Lane) -> int:
+        """A lane outside a turn joins the line; its place."""
+        if not self._order:  # otherwise the dispatcher already waits for a token or a turn's end
+            self._wakeup()
+        return self._order.line_up(lane)
 
     def _mark_dirty(self, lane: Lane) -> None:
         self._dirty.add(lane)
