@@ -7,9 +7,9 @@
   intent (and perhaps those recorded after it), one HEAD decides it: the
   length says how many of them landed (``StreamState.settled_at``); any other
   length is a conflict.
-* ``roll_if_due``: before an append, move to the next key when a ``roll``
-  limit is reached or the rendered key changed (``agent.pacing``); a target
-  that already holds data is skipped, never appended to.
+* ``roll_for`` and ``roll``: before an append, move to the next key when a
+  ``roll`` limit is reached or the rendered key changed (``agent.pacing``); a
+  target that already holds data is skipped, never appended to.
 * ``on_intent``: the writer announces every send; it must be the append
   recorded first, the same file bytes at the same place.  If not (the server
   refused the object as full, ``TooManyParts``, and the writer rolled over by
@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from datetime import datetime
 from functools import partial
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 
 import structlog
 
@@ -40,6 +40,15 @@ from sink.retry import RetryPolicy
 
 log = structlog.get_logger()
 MAX_PART_PROBES = 100  # roll-over targets tried before giving up on a stream
+
+
+class Roll(NamedTuple):
+    """A due roll-over: the key to try first, why, the key template's base and the period it is for."""
+
+    key: str
+    reason: str
+    base: str
+    period: str | None
 
 
 class StreamObjects:
@@ -113,8 +122,11 @@ class StreamObjects:
             pending += 1
         return state
 
-    async def roll_if_due(self, lane: Lane, body: int) -> None:
-        """Move ``lane`` to its next object if the ``body`` bytes about to go must not join this one."""
+    def roll_for(self, lane: Lane, body: int) -> Roll | None:
+        """Where the ``body`` bytes about to go must go instead of the lane's object, if anywhere.
+
+        A pure look (it only notes the lane's period on first use), so a turn
+        asks without a request slot and holds one only for an actual roll."""
         now = self._wall()
         base = lane.route.base_key(now)
         period = period_of(now, lane.route.input.roll.every)
@@ -122,9 +134,11 @@ class StreamObjects:
         target = roll_target(lane.route.input.roll, current, base, period, body)
         if lane.period is None:
             lane.period = period
-        if target is None:
-            return
-        key, reason = target
+        return None if target is None else Roll(*target, base, period)
+
+    async def roll(self, lane: Lane, roll: Roll) -> None:
+        """Move ``lane`` to its next object: the first free key from ``roll.key`` on."""
+        key, base = roll.key, roll.base
         index = index_under(key, base) or 0
         for _ in range(MAX_PART_PROBES):
             writer = self._writer(lane, key, base, index)
@@ -134,10 +148,10 @@ class StreamObjects:
             key = part_key(base, index)
         else:
             raise ConflictError("no free roll-over key", bucket=self.bucket, key=key, expected=0, actual="data")
-        log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=lane.state.key, new_key=key, reason=reason,
+        log.info(events.STREAM_ROLLED, stream=lane.stream, old_key=lane.state.key, new_key=key, reason=roll.reason,
                  length=lane.state.object_length)
         lane.state = lane.state.rolled(key)
-        lane.writer, lane.appends, lane.period = writer, 0, period
+        lane.writer, lane.appends, lane.period = writer, 0, roll.period
 
     async def on_intent(self, lane: Lane, announced: sink_append.Intent) -> None:
         """The writer is about to send: it must be the append recorded first (its place and its file bytes)."""

@@ -337,8 +337,9 @@ class Shipper:
                 lane.retry = (batches, await self._encode(lane, batches))
             batches, body = lane.retry
             if lane.state.intent is None:  # else recorded ahead, or an append whose outcome is still unknown
-                async with self._slots:
-                    await self._objects.roll_if_due(lane, len(body))
+                if (roll := self._objects.roll_for(lane, len(body))) is not None:
+                    async with self._slots:
+                        await self._objects.roll(lane, roll)
                 r0 = lane.state.object_length
                 intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
                 lane.state = lane.state.with_intent(intent)
