@@ -86,6 +86,19 @@ def _anyone(existing: ObjectInfo | None) -> None:
     return None
 
 
+def check_appendable(existing: ObjectInfo, *, max_appends: int | None, with_metadata: bool = False) -> None:
+    """Refuse an append to ``existing`` as PutObject does (its offset already matched):
+    one place for these rules, which AppendObjects' items (``server.batch_append``) share."""
+    if existing.system and any(name in existing.system for name in SSE_HEADERS):
+        raise InvalidArgument("The object is stored with server-side encryption and cannot be appended to.")
+    if COMPRESSION_META in existing.system:
+        raise InvalidArgument("The object is stored compressed and cannot be appended to; rewrite the object instead.")
+    if with_metadata:
+        raise InvalidRequest("User metadata (x-amz-meta-*) is set by the first write and cannot change on append.")
+    if max_appends is not None and existing.appends >= max_appends:
+        raise TooManyParts(f"The object has reached the limit of {max_appends} appends; write a new object.")
+
+
 async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | None], None] = _anyone) -> Response:
     """``authorize_write`` sees the object as it is under its lock (None: missing) and may refuse
     (an ``append`` key must not overwrite, ``server.access``); nothing is read or written before."""
@@ -109,17 +122,8 @@ async def put_object(ctx: Context, *, authorize_write: Callable[[ObjectInfo | No
 
     def check_existing(existing: ObjectInfo | None) -> None:
         authorize_write(existing)
-        if offset is None or existing is None:
-            return
-        if existing.system and any(name in existing.system for name in SSE_HEADERS):
-            raise InvalidArgument("The object is stored with server-side encryption and cannot be appended to.")
-        if COMPRESSION_META in existing.system:
-            raise InvalidArgument("The object is stored compressed and cannot be appended to; rewrite the object instead.")
-        if metadata:
-            raise InvalidRequest("User metadata (x-amz-meta-*) is set by the first write and cannot change on append.")
-        limit = ctx.config.max_appends
-        if limit is not None and existing.appends >= limit:
-            raise TooManyParts(f"The object has reached the limit of {limit} appends; write a new object.")
+        if offset is not None and existing is not None:
+            check_appendable(existing, max_appends=ctx.config.max_appends, with_metadata=bool(metadata))
 
     info = await ctx.storage.write_object(
         ctx.bucket,
