@@ -13,6 +13,8 @@ grants inside the operation:
   parsed ``x-amz-copy-source`` (``authorize_read(bucket, key)``);
 - DeleteObjects: the keys are in the body; each is checked as a DeleteObject
   (``authorize_delete(key)``), a refused one becomes that key's ``<Error>``;
+- AppendObjects: likewise, each item's key as an append (``authorize_append(key)``),
+  a refused one becomes that item's 403 result;
 - ListBuckets: shows only the buckets the key has grants on;
 - CreateSession: records the session's grants (the creator's, narrowed to the
   bucket; a ``ReadOnly`` session may only read).
@@ -34,6 +36,7 @@ from server.errors import AccessDenied
 from server.http import Request, Response
 from server.objects import WRITE_OFFSET
 from server.policy import (
+    EACH_APPEND,
     EACH_KEY,
     REPLACING_WRITES,
     SOURCE_READS,
@@ -123,6 +126,10 @@ class AccessControl:
         if operation in EACH_KEY:  # DeleteObjects: server.batch_delete asks per key
             bound["authorize_delete"] = lambda each_key: self._check(
                 principal, EACH_KEY[operation], bucket, each_key, within=operation
+            )
+        if operation in EACH_APPEND:  # AppendObjects: server.batch_append asks per item's key
+            bound["authorize_append"] = lambda each_key: self._check(
+                principal, EACH_APPEND[operation], bucket, each_key, appending=True, within=operation
             )
         return functools.partial(handler, **bound) if bound else handler
 

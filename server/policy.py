@@ -18,6 +18,7 @@ ListMultipartUploads
 GetObject, HeadObject, ListParts,                      yes   yes     yes    yes
 GetObject<configuration> (Acl, Tagging, ...)
 PutObject with x-amz-write-offset-bytes (append)       -     yes     yes    yes
+AppendObjects (tailbucket's; each key as an append)    -     yes     yes    yes
 PutObject, CopyObject: key missing                     -     yes     yes    yes
 PutObject, CopyObject: key exists (overwrite)          -     -       yes    yes
 CreateMultipartUpload, UploadPart, UploadPartCopy,     -     yes     yes    yes
@@ -39,6 +40,8 @@ CopyObject and UploadPartCopy also read their source, which must be allowed
 as a GetObject (``SOURCE_READS``); DeleteObjects needs a ``write`` grant on the
 bucket, then each key is checked as a DeleteObject (``EACH_KEY``) and a key
 refused gets its own ``AccessDenied`` in the result while the others go.
+AppendObjects likewise needs an ``append`` grant on the bucket, then checks
+each item's key as an append (a PutObject with the offset, ``EACH_APPEND``).
 
 ``append`` is what an agent gets: it may add to its logs and read them back,
 never rewrite or remove what it shipped.  Whether a PutObject overwrites
@@ -196,11 +199,14 @@ RULES: dict[str, tuple[str, Role]] = {
     "CompleteMultipartUpload": (_CREATE, Role.APPEND),
     "DeleteObject": (_OBJECT, Role.WRITE),
     "DeleteObjects": (_BUCKET, Role.WRITE),  # and each key, see EACH_KEY
+    "AppendObjects": (_BUCKET, Role.APPEND),  # and each key, see EACH_APPEND
 }
 # Copies read a source object too: allowed when this operation is allowed on the source's bucket and key.
 SOURCE_READS = {"CopyObject": "GetObject", "UploadPartCopy": "GetObject"}
 # Batches act on many keys: after the request's own rule, each key is checked as this operation.
 EACH_KEY = {"DeleteObjects": "DeleteObject"}
+# AppendObjects' items: each key is checked as this operation appending (``appending=True``).
+EACH_APPEND = {"AppendObjects": "PutObject"}
 # Writes that may replace an object: for an ``append`` grant, decided again once the key's existence is known.
 REPLACING_WRITES = frozenset(operation for operation, (rule, _) in RULES.items() if rule == _CREATE)
 

@@ -1,7 +1,8 @@
 """Routing of the S3 operations beyond the basic object and bucket ones.
 
 ``S3App.route`` asks here first: multipart uploads (``?uploads``,
-``?uploadId``), DeleteObjects (``POST ?delete``), ListObjectVersions
+``?uploadId``), DeleteObjects (``POST ?delete``), tailbucket's AppendObjects
+(``POST ?appends``, ``server.batch_append``), ListObjectVersions
 (``GET ?versions``), CopyObject / UploadPartCopy (``x-amz-copy-source``) and the
 configuration sub-resources of ``server.subresources``.  None means "not one
 of these": the app's own table decides.  Operation names are the S3 API's,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from server import batch_delete, copy, multipart, subresources, upload_listing, versions
+from server import batch_append, batch_delete, copy, multipart, subresources, upload_listing, versions
 from server.context import Context
 from server.errors import MethodNotAllowed
 from server.http import Response
@@ -38,6 +39,8 @@ def route(method: str, bucket: str | None, key: str | None, query: dict[str, str
             return _only(method, {"GET": (versions.list_object_versions, "ListObjectVersions")})
         if "delete" in query:
             return _only(method, {"POST": (batch_delete.delete_objects, "DeleteObjects")})
+        if "appends" in query:
+            return _only(method, {"POST": (batch_append.append_objects, "AppendObjects")})
         return subresources.route(method, bucket, key, query)
     if not query:  # the usual request (every append): no sub-resource to look for
         return (copy.copy_object, "CopyObject") if copying and method == "PUT" else None
