@@ -44,6 +44,7 @@ import structlog
 import trio
 
 from agent import events
+from agent.append_groups import AppendGroups
 from agent.batcher import Batch
 from agent.checkpoint import Checkpoint, CheckpointConflict, Intent, StreamState
 from agent.connect import SinkHealth
@@ -91,6 +92,7 @@ class Shipper:
         s3express: bool = False,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         on_failed: Callable[[str], None] | None = None,
+        append_groups: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.bucket = bucket
@@ -115,6 +117,7 @@ class Shipper:
         self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
                                       wall_clock=wall_clock, record=self._save_with)
         self._next = NextAppends(self._objects, budget, max_bytes, self._encode, self._save_with)
+        self._groups = AppendGroups(self._objects, bucket, enabled=append_groups and not s3express)
 
     # -- streams -------------------------------------------------------------------
 
@@ -272,12 +275,20 @@ class Shipper:
         while True:
             self._wake = trio.Event()
             now = trio.current_time()
+            group: list[Lane] = []
             while (lane := order.next_turn(now)) is not None:
                 if not lane.has_work:
                     continue  # expected, and its read as the turn came near found nothing: the place passes
                 lane.busy = True
                 order.running += 1
-                self._nursery.start_soon(self._turn, lane)
+                if self._groups.may_join(lane):
+                    group.append(lane)
+                else:
+                    self._nursery.start_soon(self._turn, lane)
+            if len(group) > 1:
+                self._nursery.start_soon(self._group_turn, group)
+            elif group:
+                self._nursery.start_soon(self._turn, group[0])
             if order.draining and not order and order.running == 0:
                 self._drained.set()
                 return
@@ -299,20 +310,75 @@ class Shipper:
                 self.notify()
                 await self._ship(lane)
         finally:
-            lane.busy = False
-            order = self._order
-            # The dispatcher waits for a token when a turn is free and lanes wait: a turn ending
-            # changes what it waits for only if every turn was taken, or nothing waited, or it drains.
-            dispatcher_stuck = order.running >= order.max_turns or not order or order.draining
-            order.running -= 1
-            # Back in line: with what was read meanwhile, or expected (its file is read as the turn comes near).
-            if lane.failed is None and not lane.blocked and (lane.has_work or not order.draining):
-                place = order.line_up(lane)
-                if not lane.has_work and self.on_expected is not None:
-                    self.on_expected(lane.stream, place)
-            if dispatcher_stuck:
-                self._wakeup()
-            self.notify()
+            self._turn_ended(lane)
+
+    async def _group_turn(self, lanes: list[Lane]) -> None:
+        """Turns that share one AppendObjects request (``agent.append_groups``): their intents go to
+        disk in one write, then one request carries every append.  A lane the request did not land
+        (refused, or no answer) takes its own turn from there, as after a failed PUT: its intent is
+        on record, so its writer looks (HEAD) before sending again."""
+        alone: list[Lane] = []
+        done: list[Lane] = []
+        try:
+            taken = self._groups.take(lanes, self.max_bytes, alone)
+            if taken:
+                try:
+                    await self.checkpoint.save(*(lane.state for lane, _ in taken), *self._take_dirty(taken))
+                except CheckpointError as exc:
+                    if not isinstance(exc, CheckpointConflict):
+                        raise  # progress cannot be recorded: nothing may be sent
+                    for lane, _ in taken:
+                        self._fail(lane, exc)
+                    done += [lane for lane, _ in taken]
+                    return
+                async with self._slots:
+                    results = await self._groups.send(taken)
+                for (lane, item), result in zip(taken, results):
+                    assert lane.retry is not None and lane.writer is not None
+                    if result is None or not result.ok:
+                        lane.writer.batch_failed(result)
+                        alone.append(lane)
+                        continue
+                    done.append(lane)
+                    try:
+                        length = lane.writer.batch_landed(result)
+                    except ConflictError as exc:
+                        self._fail(lane, exc)
+                        continue
+                    batches, body = lane.retry
+                    self._landed(lane, batches, body, length)
+                    if not lane.queue:
+                        self._flush_soon.set()
+        finally:
+            for lane in done:
+                self._turn_ended(lane)
+            assert self._nursery is not None
+            for lane in alone:
+                self._nursery.start_soon(self._turn, lane)  # still busy, still counted as running
+
+    def _take_dirty(self, taken: list[tuple[Lane, object]]) -> list[StreamState]:
+        """Every other state newer than the checkpoint file (they share the write)."""
+        for lane, _ in taken:
+            self._dirty.discard(lane)
+        others = [lane.state for lane in self._dirty]
+        self._dirty.clear()
+        return others
+
+    def _turn_ended(self, lane: Lane) -> None:
+        lane.busy = False
+        order = self._order
+        # The dispatcher waits for a token when a turn is free and lanes wait: a turn ending
+        # changes what it waits for only if every turn was taken, or nothing waited, or it drains.
+        dispatcher_stuck = order.running >= order.max_turns or not order or order.draining
+        order.running -= 1
+        # Back in line: with what was read meanwhile, or expected (its file is read as the turn comes near).
+        if lane.failed is None and not lane.blocked and (lane.has_work or not order.draining):
+            place = order.line_up(lane)
+            if not lane.has_work and self.on_expected is not None:
+                self.on_expected(lane.stream, place)
+        if dispatcher_stuck:
+            self._wakeup()
+        self.notify()
 
     def _goes_again(self, lane: Lane) -> bool:
         """A lane whose next append is taken and recorded keeps its turn when no other lane waits and a

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 import structlog
 import trio
 
+from . import protocol
+from .append_batch import BatchItem, ItemResult
 from .client import AppendAck, ObjectState, S3Client
 from .compress import Codec, Identity
 from .errors import (
@@ -239,6 +241,34 @@ class ObjectWriter:
                 if await self._reconcile(size) is Reconciled.LANDED:
                     return self._length
                 ambiguous = False
+
+    # -- one item of a many-object request (sink.append_batch) ----------------
+
+    def batch_item(self, body: bytes) -> BatchItem | None:
+        """``body`` as an item of an AppendObjects request, if this writer can send it as plainly as
+        that: its length known, nothing unresolved, no roll-over due, the identity codec.
+
+        The body is pending from now on: ``batch_landed`` takes a 200 result;
+        for anything else ``batch_failed`` and then ``append`` of the same body
+        settles it as after any PUT: a body that may have landed is looked for
+        (HEAD) before it is sent again."""
+        if (self._conflict is not None or self._busy or self.offset is None or self.pending is not None or not body
+                or not isinstance(self.codec, Identity) or self._roll_due(len(body))):
+            return None
+        self.pending = len(body)
+        crc32 = protocol.checksum_headers(body, "crc32")["x-amz-checksum-crc32"] if self.checksum else None
+        return BatchItem(self.key, self.offset, body, crc32)
+
+    def batch_landed(self, result: ItemResult) -> int:
+        """The pending item's 200 result: the new remote length (a size other than ours is a conflict)."""
+        assert self.pending is not None and result.ok and result.size is not None
+        return self._accept(AppendAck(result.size, result.etag, result.size), self.pending)
+
+    def batch_failed(self, result: ItemResult | None) -> None:
+        """The pending item was refused (``result``, a 4xx: nothing was written) or its fate is unknown
+        (``None``: no answer, or a 5xx)."""
+        if result is not None and result.status < 500:
+            self.pending = None
 
     async def _refused_at_offset(self, exc: Exception) -> None:
         """Every attempt of this body was answered, so none landed: a length other than

@@ -1,7 +1,8 @@
 """S3 operations over an injected ``httpx.AsyncClient``.
 
 One method per operation the sink needs: HEAD, append (PUT with an offset),
-PUT, GET, create bucket, delete; ``send`` for anything else. Each builds its request with
+many objects' appends at once (tailbucket's AppendObjects), PUT, GET, create
+bucket, delete; ``send`` for anything else. Each builds its request with
 ``sink.protocol``, sends it through the client it was given (so tests inject
 a transport instead of patching anything), and turns the answer into a value
 or a ``sink.errors`` exception. httpx exceptions never leave this module.
@@ -21,13 +22,14 @@ Anything else goes through ``AsyncClient.send``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import httpx
 import structlog
 
-from . import protocol
+from . import append_batch, protocol
 from .errors import (
     AuthError,
     ConfigError,
@@ -149,6 +151,22 @@ class S3Client:
         reported = protocol.header_int(response.headers, protocol.OBJECT_SIZE_HEADER)
         new_size = reported if reported is not None else offset + len(body)
         return AppendAck(new_size, response.headers.get("etag"), reported)
+
+    async def append_objects(self, bucket: str, items: Sequence[append_batch.BatchItem]) -> list[append_batch.ItemResult]:
+        """Many objects' appends in one request (``sink.append_batch``): one result per item, in order.
+
+        A refusal of the whole request raises as ``send`` does (a server without
+        the extension refuses it); an answer that is not results raises
+        ``RemoteError`` (code ``BadResponse``): then no item's fate is known."""
+        url = protocol.bucket_url(self.endpoint, bucket, self.addressing, append_batch.SUBRESOURCE)
+        body = append_batch.encode_request(items)
+        request = protocol.Request("POST", url, {"Content-Type": append_batch.CONTENT_TYPE,
+                                                 "Content-Length": str(len(body))}, body)
+        response = await self.send(request, bucket, None)
+        try:
+            return append_batch.decode_results(response.content, len(items))
+        except append_batch.BatchFormatError as exc:
+            raise RemoteError(str(exc), code="BadResponse", status=response.status_code, bucket=bucket) from None
 
     async def put_object(self, bucket: str, key: str, body: bytes, *, checksum: bool = True) -> str | None:
         """Create or replace the object; returns its ETag."""

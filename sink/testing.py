@@ -13,8 +13,10 @@ XML error bodies) and can misbehave in the ways the sink must survive:
 * ``INTERNAL_ERROR`` 500 InternalError, nothing applied
 * ``FOREIGN_APPEND`` another writer appends ``foreign_bytes`` just before this request
 
-plus ``TooManyParts`` after ``max_appends`` writes to one object, and
-S3 Express ``CreateSession`` with sessions that expire on trio's clock.
+plus ``TooManyParts`` after ``max_appends`` writes to one object,
+S3 Express ``CreateSession`` with sessions that expire on trio's clock, and
+tailbucket's ``AppendObjects`` (``append_objects=False``: refused, as by any
+other server), whose items meet the faults queued for their keys' appends.
 It is not a mock of the sink: it stores bytes and enforces the rules.
 """
 
@@ -37,8 +39,10 @@ from xml.sax.saxutils import escape
 import httpx
 import trio
 
+from .append_batch import BatchFormatError, ItemResult, decode_request, encode_results
+
 MAX_OFFSET = 2**63 - 1
-Op = str  # "head" | "get" | "append" | "put" | "delete" | "create_bucket" | "create_session"
+Op = str  # "head" | "get" | "append" | "put" | "delete" | "create_bucket" | "create_session" | "append_objects"
 
 
 class Fault(Enum):
@@ -85,8 +89,10 @@ class FakeS3(httpx.AsyncBaseTransport):
         session_lifetime: float = 300.0,
         require_session: bool = False,
         wall_clock: Callable[[], datetime] | None = None,
+        append_objects: bool = True,
     ) -> None:
         self.offset_error = offset_error
+        self.append_objects = append_objects  # tailbucket's AppendObjects (else refused, as S3 Express would)
         self.max_appends = max_appends
         self.foreign_bytes = foreign_bytes
         self.session_lifetime = session_lifetime
@@ -133,6 +139,8 @@ class FakeS3(httpx.AsyncBaseTransport):
         op = _op(request.method, key, request.url.query, "x-amz-write-offset-bytes" in request.headers)
         seen = SeenRequest(op, request.method, bucket, key, dict(request.headers), body, host)
         self.requests.append(seen)
+        if op == "append_objects" and self.append_objects:
+            return self._append_objects(request, seen)
         fault = self._take_fault(seen)
         if fault is Fault.RESET_BEFORE:
             raise httpx.ReadError("connection reset by peer (injected)", request=request)
@@ -167,6 +175,8 @@ class FakeS3(httpx.AsyncBaseTransport):
     def _handle(self, seen: SeenRequest, query: bytes) -> httpx.Response:
         if seen.headers.get("transfer-encoding"):
             return _error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+        if seen.op == "append_objects":  # not offered (``append_objects=False``)
+            return _error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
         if seen.op == "create_bucket":
             if seen.bucket in self.buckets:
                 return _error(409, "BucketAlreadyOwnedByYou", "You already own it.")
@@ -216,6 +226,44 @@ class FakeS3(httpx.AsyncBaseTransport):
             obj.touch()
         return httpx.Response(200, headers={"ETag": obj.etag, "x-amz-object-size": str(len(obj.data))})
 
+    def _append_objects(self, request: httpx.Request, seen: SeenRequest) -> httpx.Response:
+        """AppendObjects: each item is an append of its own, and sees the faults queued for that
+        key's appends (a reset or a lost answer is the whole request's; a 5xx is the item's)."""
+        objects = self.buckets.get(seen.bucket)
+        if objects is None:
+            return _error(404, "NoSuchBucket", "The specified bucket does not exist")
+        try:
+            items = decode_request(seen.body)
+        except BatchFormatError as exc:
+            return _error(400, "InvalidRequest", str(exc))
+        appends = []
+        for item in items:
+            headers = {"x-amz-write-offset-bytes": str(item.offset), "content-length": str(len(item.body))}
+            if item.crc32:
+                headers["x-amz-checksum-crc32"] = item.crc32
+            appends.append(SeenRequest("append", "PUT", seen.bucket, item.key, headers, bytes(item.body), seen.host))
+        faults = [self._take_fault(each) for each in appends]
+        if Fault.RESET_BEFORE in faults:
+            raise httpx.ReadError("connection reset by peer (injected)", request=request)
+        results = []
+        for each, fault in zip(appends, faults):
+            if fault is Fault.SLOW_DOWN or fault is Fault.INTERNAL_ERROR:
+                status, code = (503, "SlowDown") if fault is Fault.SLOW_DOWN else (500, "InternalError")
+                results.append(ItemResult(status, code=code, message="injected"))
+                continue
+            if fault is Fault.FOREIGN_APPEND:
+                self.foreign_append(seen.bucket, each.key, self.foreign_bytes)
+            answer = _check_digest(each) or self._append(objects, each, objects.get(each.key))
+            if answer.status_code == 200:
+                results.append(ItemResult(200, size=int(answer.headers["x-amz-object-size"]),
+                                          etag=answer.headers["etag"]))
+            else:
+                code = re.search(r"<Code>(.*?)</Code>", answer.text)
+                results.append(ItemResult(answer.status_code, code=code.group(1) if code else None, message="refused"))
+        if Fault.DROP_RESPONSE in faults:
+            raise httpx.ReadTimeout("answer lost after the writes were applied (injected)", request=request)
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=encode_results(results))
+
     def _get(self, obj: StoredObject | None, range_header: str | None) -> httpx.Response:
         if obj is None:
             return _error(404, "NoSuchKey", "The specified key does not exist.")
@@ -259,6 +307,8 @@ def _op(method: str, key: str, query: bytes, has_offset: bool) -> Op:
     if not key:
         if method == "GET" and query == b"session":
             return "create_session"
+        if method == "POST" and query == b"appends":
+            return "append_objects"
         return "create_bucket" if method == "PUT" else method.lower()
     if method == "PUT":
         return "append" if has_offset else "put"
