@@ -108,6 +108,7 @@ class Agent:
                 checkpoint, client, cfg.sink.bucket, budget, max_bytes=cfg.batch.max_bytes,
                 max_in_flight=cfg.max_in_flight, metrics=self.metrics, health=self.health,
                 s3express=is_directory_bucket(cfg.sink.bucket), on_failed=self._stream_failed,
+                append_groups=cfg.sink.append_objects == "auto",
             )
             chunks = ChunkHandover(shipper.enqueue, shipper.end_input)
             streams = self.streams = Streams(cfg, shipper, checkpoint, budget, chunks, host=self.host, metrics=self.metrics)

@@ -44,6 +44,7 @@ class SinkConfig:
     access_key_id: str | None = None  # both or neither; neither: profile / environment
     secret_access_key: str | None = None
     addressing: Literal["path", "virtual"] = "path"
+    append_objects: Literal["auto", "off"] = "auto"  # many streams' appends per request where the server offers it
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _sink(value: Any, path: str) -> SinkConfig:
         access_key_id=s.take("access_key_id", _string, None),
         secret_access_key=s.take("secret_access_key", _string, None),
         addressing=s.take("addressing", _choice("path", "virtual"), "path"),
+        append_objects=s.take("append_objects", _choice("auto", "off"), "auto"),
     )
     s.done()
     if (sink.access_key_id is None) != (sink.secret_access_key is None):
