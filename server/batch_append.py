@@ -56,15 +56,18 @@ async def append_objects(ctx: Context, *, authorize_append: Callable[[str], None
     except BatchFormatError as exc:
         raise InvalidRequest(str(exc)) from None
     results: list[ItemResult] = [ItemResult(500)] * len(items)
-    limiter = trio.CapacityLimiter(CONCURRENCY)
+    unstarted = iter(enumerate(items))
 
-    async def run(n: int, item: BatchItem) -> None:
-        async with limiter:
+    async def worker() -> None:
+        # CONCURRENCY workers taking the next item each, not a task per item behind a
+        # CapacityLimiter: spawning 1,000 tasks and their turns at the limiter made
+        # the server's CPU per item ~1.4x (1,000 items of 100 B per request).
+        for n, item in unstarted:
             results[n] = await _append(ctx, item, authorize_append)
 
     async with trio.open_nursery() as nursery:
-        for n, item in enumerate(items):
-            nursery.start_soon(run, n, item)
+        for _ in range(min(CONCURRENCY, len(items))):
+            nursery.start_soon(worker)
     return Response(200, ANSWER_HEADERS, encode_results(results))
 
 
