@@ -100,6 +100,9 @@ async def _append(ctx: Context, item: BatchItem, authorize_append: Callable[[str
     try:
         info = await _write(ctx, item, authorize_append)
     except S3Error as exc:
+        # The request log has one line for the whole batch (200): an item's refusal is told here.
+        log.info("append_item_refused", bucket=ctx.bucket, key=item.key, offset=item.offset, status=exc.status,
+                 code=exc.code, request_id=ctx.request_id)  # fmt: skip
         return ItemResult(exc.status, code=exc.code, message=exc.message)
     except Exception:
         log.exception("append_item_failed", bucket=ctx.bucket, key=item.key, offset=item.offset,
