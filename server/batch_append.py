@@ -37,9 +37,10 @@ from sink.append_batch import BatchFormatError, BatchItem, ItemResult, decode_re
 log = structlog.get_logger("tailbucket.server.batch_append")
 
 # The body is held whole while its items are written (each item's bytes are a view
-# into it), so it is capped well below a PUT's 5 GiB: a batch carries many small
-# appends; a large one goes by PutObject.
-MAX_BODY = 64 * MiB
+# into it), so it is capped far below a PUT's 5 GiB: a batch carries many small
+# appends (the agent's at most 8 MiB, agent.append_groups), a large one goes by
+# PutObject.  Per connection this is 16x what a PUT holds before it spills to disk.
+MAX_BODY = 16 * MiB
 CONCURRENCY = 64  # items written at once: enough to fill group commits, bounded in tasks and open objects
 ANSWER_HEADERS = [("content-type", "application/json")]
 
@@ -75,7 +76,7 @@ async def _read_body(ctx: Context) -> bytearray | bytes:
     """The whole body, at most MAX_BODY (or the server's ``max_body``) bytes, its digests checked.
 
     Hashed in a worker thread when large: SHA-256 runs at ~1.4 GB/s here, a
-    64 MiB body would hold the event loop ~45 ms."""
+    16 MiB body would hold the event loop ~12 ms."""
     limit = min(MAX_BODY, ctx.config.max_body)
     payload = Payload(ctx.request, ctx.auth, max_body=limit)  # MissingContentLength, EntityTooLarge
     hasher = BodyHasher(md5=payload.content_md5 is not None)

@@ -20,6 +20,7 @@ import h11
 import httpx
 import pytest
 
+from server.batch_append import MAX_BODY
 from sink import sigv4
 from sink.append_batch import CONTENT_TYPE, MAX_ITEMS, BatchItem, decode_results, encode_request
 from sink.sigv4 import SigV4Auth
@@ -211,7 +212,7 @@ def test_requests_refused_before_their_items(server, http, bucket) -> None:
         assert s3_error(post(forger, bucket, items)) == (403, "SignatureDoesNotMatch")
     status, answer = _raw_head(server, bucket, [("transfer-encoding", "chunked")])
     assert (status, _code(answer)) == (411, "MissingContentLength")
-    status, answer = _raw_head(server, bucket, [("content-length", str(64 * 2**20 + 1))])
+    status, answer = _raw_head(server, bucket, [("content-length", str(MAX_BODY + 1))])
     assert (status, _code(answer)) == (400, "EntityTooLarge")
     assert state(http, bucket, "log")[0] == b"abc" and state(http, bucket, "new") is None
     right_md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # the same request, its digest right: lands
