@@ -14,11 +14,17 @@ MAX_BODY, does not match its ``x-amz-content-sha256`` (or Content-MD5 /
 checksum header), or is not well formed: the body is read and checked whole
 before any item is written.  The items then run concurrently (bounded), so
 their commits share group commits instead of paying one flush each.
+
+A body is held in memory whole until its items are written: at most MAX_BODY
+each, and MAX_HELD for all requests at once (``HeldBytes``: a request waits its
+turn before reading its body), so memory stays bounded however many connections
+send batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import structlog
@@ -41,6 +47,9 @@ log = structlog.get_logger("tailbucket.server.batch_append")
 # appends (the agent's at most 8 MiB, agent.append_groups), a large one goes by
 # PutObject.  Per connection this is 16x what a PUT holds before it spills to disk.
 MAX_BODY = 16 * MiB
+# Bodies held at once by all AppendObjects requests of the server (each waits in turn for
+# room): max_connections requests of MAX_BODY each would otherwise be 16 GiB.
+MAX_HELD = 4 * MAX_BODY
 CONCURRENCY = 64  # items written at once: enough to fill group commits, bounded in tasks and open objects
 ANSWER_HEADERS = [("content-type", "application/json")]
 
@@ -52,10 +61,16 @@ def _anyone(_: str) -> None:
 async def append_objects(ctx: Context, *, authorize_append: Callable[[str], None] = _anyone) -> Response:
     """``authorize_append(key)`` may refuse one key (raising AccessDenied): that item's result says so."""
     await ctx.storage.get_bucket(ctx.bucket)
-    try:
-        items = decode_request(await _read_body(ctx))
-    except BatchFormatError as exc:
-        raise InvalidRequest(str(exc)) from None
+    payload = Payload(ctx.request, ctx.auth, max_body=min(MAX_BODY, ctx.config.max_body))  # MissingContentLength...
+    async with _budget().hold(payload.length):
+        try:
+            items = decode_request(await _read_body(payload))
+        except BatchFormatError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return await _run_items(ctx, items, authorize_append)
+
+
+async def _run_items(ctx: Context, items: list[BatchItem], authorize_append: Callable[[str], None]) -> Response:
     results: list[ItemResult] = [ItemResult(500)] * len(items)
     unstarted = iter(enumerate(items))
 
@@ -72,13 +87,12 @@ async def append_objects(ctx: Context, *, authorize_append: Callable[[str], None
     return Response(200, ANSWER_HEADERS, encode_results(results))
 
 
-async def _read_body(ctx: Context) -> bytearray | bytes:
-    """The whole body, at most MAX_BODY (or the server's ``max_body``) bytes, its digests checked.
+async def _read_body(payload: Payload) -> bytearray | bytes:
+    """The whole body (at most the ``payload.length`` it declared), its digests checked.
 
     Hashed in a worker thread when large: SHA-256 runs at ~1.4 GB/s here, a
     16 MiB body would hold the event loop ~12 ms."""
-    limit = min(MAX_BODY, ctx.config.max_body)
-    payload = Payload(ctx.request, ctx.auth, max_body=limit)  # MissingContentLength, EntityTooLarge
+    limit = payload.length
     hasher = BodyHasher(md5=payload.content_md5 is not None)
     hasher.also = payload.hash_elsewhere()
     data: bytearray | bytes | None = payload.take_whole()
@@ -133,6 +147,43 @@ async def _write(ctx: Context, item: BatchItem, authorize_append: Callable[[str]
         check_existing=check_existing,
         check_body=partial(_check_crc32, crc32),
     )
+
+
+class HeldBytes:
+    """A budget of bytes held in memory, taken in turn: a request waits (first come, first
+    served: ``trio.Lock`` is fair) until what it declared fits beside what others hold."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._turn = trio.Lock()
+        self._freed = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.total)
+        async with self._turn:
+            while self.free < size:
+                self._freed = trio.Event()
+                await self._freed.wait()
+            self.free -= size
+        try:
+            yield
+        finally:
+            self.free += size
+            self._freed.set()
+
+
+_held: trio.lowlevel.RunVar[HeldBytes] = trio.lowlevel.RunVar("append_objects_held")
+
+
+def _budget() -> HeldBytes:
+    """The server's budget: one per trio run (the server's life; tests may run several)."""
+    try:
+        return _held.get()
+    except LookupError:
+        _held.set(held := HeldBytes(MAX_HELD))
+        return held
 
 
 def _check_crc32(expected: bytes | None, digest: BodyDigest) -> None:

@@ -19,8 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import h11
 import httpx
 import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
 
-from server.batch_append import MAX_BODY
+from server.batch_append import MAX_BODY, HeldBytes
 from sink import sigv4
 from sink.append_batch import CONTENT_TYPE, MAX_ITEMS, BatchItem, decode_results, encode_request
 from sink.sigv4 import SigV4Auth
@@ -261,3 +263,37 @@ def test_an_object_at_its_append_limit_is_refused_as_its_put_is(private) -> None
         refused = batch(agent, "logs", [BatchItem("web1/limit", 3, b"x"), BatchItem("web1/other", 0, b"y")])
         assert (refused[0].status, refused[0].code) == s3_error(put(agent, "logs", "web1/limit", b"x", 3))
         assert refused[0].code == "TooManyParts" and refused[1].ok
+
+
+# -- the server-wide budget of bodies held --------------------------------------
+
+
+async def test_held_bytes_are_taken_in_turn_and_never_exceed_the_budget() -> None:
+    held = HeldBytes(10)
+    order: list[str] = []
+    release = {name: trio.Event() for name in "abcd"}
+
+    async def holder(name: str, size: int) -> None:
+        async with held.hold(size):
+            order.append(name)
+            assert 0 <= held.free <= held.total
+            await release[name].wait()
+
+    async with trio.open_nursery() as nursery:
+        for name, size in (("a", 6), ("b", 6), ("c", 1)):  # b does not fit beside a; c would, but comes after b
+            nursery.start_soon(holder, name, size)
+            await wait_all_tasks_blocked()
+        assert order == ["a"] and held.free == 4
+        release["a"].set()
+        await wait_all_tasks_blocked()
+        assert order == ["a", "b", "c"] and held.free == 3
+        nursery.start_soon(holder, "d", 50)  # more than the budget: waits until it is all free
+        await wait_all_tasks_blocked()
+        release["b"].set()
+        await wait_all_tasks_blocked()
+        assert order == ["a", "b", "c"]
+        release["c"].set()
+        await wait_all_tasks_blocked()
+        assert order == ["a", "b", "c", "d"] and held.free == 0
+        release["d"].set()
+    assert held.free == 10
