@@ -56,7 +56,7 @@ PROBE_INTERVAL = 1.0  # seconds between sink probes while it does not answer
 STATUS_INTERVAL = 5.0  # seconds between STATUS= lines to systemd
 CPU_BUDGET = 0.45  # cores the agent sizes its append rate to (agent.cpu_budget), of the 0.5 it may use
 MAX_APPEND_RATE = 2000.0  # appends a second at most, however cheap they get
-RATE_WINDOW = 2.0  # seconds between two looks at the CPU an append costs
+RATE_WINDOW = 1.0  # seconds between two looks at the CPU an append costs
 RESTART_ONLY = ("sink", "batch", "state_dir", "http", "log", "host", "watch", "poll_interval", "rescan_interval",
                 "partial_line_timeout", "shutdown_timeout", "max_in_flight", "max_read_ahead")
 

@@ -34,7 +34,7 @@ from sink.retry import is_retriable
 log = structlog.get_logger()
 
 MAX_ITEM_BYTES = 256 << 10  # a lane with more queued goes alone (a busy stream's own turns overlap their writes)
-MAX_REQUEST_BYTES = 8 << 20  # bodies per request
+MAX_REQUEST_BYTES = 256 << 10  # bodies per request: what one 1 MiB PUT holds (memory stays flat after an outage)
 UNKNOWN_OPERATION = {400, 404, 405, 501}  # whole-request refusals that mean "no such operation here"
 
 

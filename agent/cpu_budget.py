@@ -11,7 +11,11 @@ never below ``floor`` (the rate the agent always had) nor above ``ceiling``.
 It only raises the rate after a window in which turns waited for tokens:
 when the rate did not hold anything back, a higher one would buy nothing and
 an idle agent's cost per append (its fixed costs over few appends) says
-nothing about a busy one's.
+nothing about a busy one's.  A raise goes straight to what the window
+affords (at most doubling the rate): an append's cost falls as the rate
+rises (more appends share each request and write), so halfway steps took
+15 s to reach the rate a thousand streams settle at, and their lines waited
+meanwhile.  A cut goes halfway, so one noisy window cannot halve it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MIN_APPENDS = 20  # a window with fewer appends says too little about their cost
-SMOOTHING = 0.5  # weight of the newest window (windows are noisy on a shared machine)
+SMOOTHING = 0.5  # weight of the newest window when lowering (windows are noisy on a shared machine)
+MAX_STEP_UP = 4.0  # a raise goes all the way to what the window affords, but at most to four times the rate
 
 
 @dataclass
@@ -42,8 +47,11 @@ class AppendRate:
         if appends < MIN_APPENDS:
             return self.rate
         affordable = self.budget / (cpu_seconds / appends) if cpu_seconds > 0 else self.ceiling
-        if affordable > self.rate and not held_back:
-            return self.rate
-        target = self.rate + SMOOTHING * (affordable - self.rate)
+        if affordable > self.rate:
+            if not held_back:
+                return self.rate
+            target = min(affordable, MAX_STEP_UP * self.rate)
+        else:
+            target = self.rate + SMOOTHING * (affordable - self.rate)
         self.rate = min(self.ceiling, max(self.floor, target))
         return self.rate

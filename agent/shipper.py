@@ -25,7 +25,9 @@ that many turns are under way, so the intents of the streams waiting for a
 request slot share one checkpoint write.  Turns are handed out round-robin
 and paced by a token bucket (``agent.turn_order``: who goes next, and when;
 with many streams waiting, several at once): while a stream waits, its new
-batches join the same append.  A conflict (the object is not what we recorded)
+batches join the same append.  Turns that start together and carry small
+appends share one ``AppendObjects`` request (``agent.append_groups``; up to
+``MAX_GROUP`` a request), where the sink offers it.  A conflict (the object is not what we recorded)
 stops that stream for this run, loudly; a definite refusal (no bucket, access
 denied) pauses it and tries again.  Batches come
 from the tailers through ``enqueue`` (or a channel); when the input ends
@@ -66,7 +68,8 @@ APPEND_RATE = 200.0  # appends a second, all streams together, until agent.cpu_b
 APPEND_BURST = 64.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
 GC_EVERY_BYTES = 8 << 20  # see ``_collect``
-TURNS_PER_SLOT = 16  # turns under way per request slot: their intents go to disk in one write
+TURNS_PER_SLOT = 32  # turns under way per request slot: their intents go to disk in one write
+MAX_GROUP = 64  # turns in one AppendObjects request (``agent.append_groups``): two requests' worth may be under way
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
 # The log file is the buffer: never give up, back off up to 2 s so a returning server is used soon.
 AGENT_RETRY = RetryPolicy(base=0.1, cap=2.0, max_attempts=None, max_elapsed=math.inf)
@@ -285,10 +288,12 @@ class Shipper:
                     group.append(lane)
                 else:
                     self._nursery.start_soon(self._turn, lane)
-            if len(group) > 1:
-                self._nursery.start_soon(self._group_turn, group)
-            elif group:
-                self._nursery.start_soon(self._turn, group[0])
+            for first in range(0, len(group), MAX_GROUP):  # several requests in flight: one slow one stalls no other
+                lanes = group[first : first + MAX_GROUP]
+                if len(lanes) > 1:
+                    self._nursery.start_soon(self._group_turn, lanes)
+                else:
+                    self._nursery.start_soon(self._turn, lanes[0])
             if order.draining and not order and order.running == 0:
                 self._drained.set()
                 return

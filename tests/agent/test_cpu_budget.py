@@ -8,12 +8,14 @@ from agent.cpu_budget import MIN_APPENDS, AppendRate
 from agent.metrics import AgentMetrics
 
 
-def test_cheap_appends_that_were_held_back_raise_the_rate_halfway_to_what_the_budget_affords() -> None:
-    pacing = AppendRate(budget=0.4, floor=200, ceiling=2000)
+def test_cheap_appends_that_were_held_back_raise_the_rate_to_what_the_budget_affords_at_most_fourfold() -> None:
+    pacing = AppendRate(budget=0.4, floor=200, ceiling=4000)
     assert pacing.rate == 200
     # 400 appends for 0.4 CPU seconds: 1 ms each, so 0.4 cores afford 400 a second.
-    assert pacing.update(cpu_seconds=0.4, appends=400, held_back=True) == pytest.approx(300)
-    assert pacing.update(cpu_seconds=0.4, appends=400, held_back=True) == pytest.approx(350)
+    assert pacing.update(cpu_seconds=0.4, appends=400, held_back=True) == pytest.approx(400)
+    # 0.05 ms each: 8,000 a second afforded, but a window raises the rate at most fourfold, then the ceiling.
+    assert pacing.update(cpu_seconds=0.02, appends=400, held_back=True) == pytest.approx(1600)
+    assert pacing.update(cpu_seconds=0.08, appends=1600, held_back=True) == pytest.approx(4000)
 
 
 def test_a_rate_that_held_nothing_back_is_not_raised() -> None:

@@ -18,7 +18,7 @@ from tests.agent.agent_support import agent_config
 class _Shipper:
     """The two things the pokes ask of the shipper: the turn order and the rate."""
 
-    rate = 10.0  # LEAD * rate = 2 turns are "near"
+    rate = 2 / LEAD  # LEAD * rate = 2 turns are "near"
 
     def __init__(self, ready: list[str]) -> None:
         self.ready = ready
