@@ -218,14 +218,15 @@ def many_files(tmp: Path, files: int, per_file: float, window: float, outage: fl
          f"p99 {percentile(lat, 99) * 1e3:.0f} ms",
          f"lines written in the window, {sample} files polled every {poll * 1e3:.0f} ms (upper bound)",
          "target p99 <= 1 s"),
-        (f"server ceiling: {int(per_file * LINE)} B appends over {MAX_IN_FLIGHT} connections",
+        (f"server ceiling, one PUT per append: {int(per_file * LINE)} B over {MAX_IN_FLIGHT} connections",
          f"{ceiling:,.0f} appends/s",
          f"zero-cost client, same server, same run: a turn per stream every >= {files / ceiling:.1f} s", ""),
-        (f"lean client floor: {files:,} streams, {int(per_file * LINE)} B appends",
+        (f"lean client floor, one PUT per append: {files:,} streams, {int(per_file * LINE)} B",
          f"{floor.cpu_per_append * 1e6:.0f} µs CPU/append",
          f"sign + h11 + trio sockets, one read hop and one fsync a round, nothing else ({floor.appends / floor.seconds:,.0f}"
          f" appends/s): at the agent's {CPU_BUDGET} core {CPU_BUDGET / floor.cpu_per_append:,.0f} appends/s, a turn "
-         f"every {files * floor.cpu_per_append / CPU_BUDGET:.2f} s; the agent: {per_append_ms(seen_window):.2f} ms", ""),
+         f"every {files * floor.cpu_per_append / CPU_BUDGET:.2f} s; the agent (appends sharing requests): "
+         f"{per_append_ms(seen_window):.2f} ms", ""),
         (f"peak RSS tailing {files:,} files", f"{steady_peak:.0f} MiB",
          f"idle with {files:,} files {idle:.0f} MiB; {memory['VmHWM']:.0f} MiB including the catch-up after the outage",
          "target <= 80 MiB"),

@@ -44,7 +44,7 @@ log = structlog.get_logger("tailbucket.server.batch_append")
 
 # The body is held whole while its items are written (each item's bytes are a view
 # into it), so it is capped far below a PUT's 5 GiB: a batch carries many small
-# appends (the agent's at most 8 MiB, agent.append_groups), a large one goes by
+# appends (the agent's at most 256 KiB, agent.append_groups), a large one goes by
 # PutObject.  Per connection this is 16x what a PUT holds before it spills to disk.
 MAX_BODY = 16 * MiB
 # Bodies held at once by all AppendObjects requests of the server (each waits in turn for
