@@ -34,6 +34,7 @@ INTENT_RESOLVED = "intent_resolved"  # an append recorded before a restart: land
 # shipping
 APPEND_ACKED = "append_acked"  # debug level: one per append
 APPEND_REFUSED = "append_refused"  # a definite refusal (no bucket, access denied): retried after a pause
+APPENDS_SHARED = "appends_shared"  # debug level: one per AppendObjects request, with how many landed
 APPEND_GROUPS_OFF = "append_groups_off"  # the sink refused AppendObjects (not tailbucket's server): one PUT per append
 STREAM_ROLLED = "stream_rolled"
 APPEND_RATE_SET = "append_rate_set"  # debug level: the append rate sized to the CPU an append costs (agent.cpu_budget)

@@ -87,6 +87,8 @@ class AgentMetrics:
         self.read_bytes = Counter("tailbucket_agent_read_bytes", "Log bytes read and handed to the shipper.", registry=r)
         self.shipped_bytes = Counter("tailbucket_agent_shipped_bytes", "Log bytes whose append was acknowledged.", registry=r)
         self.appends = Counter("tailbucket_agent_appends", "Acknowledged appends.", registry=r)
+        self.shared_appends = Counter("tailbucket_agent_shared_appends",
+                                      "Acknowledged appends that shared an AppendObjects request.", registry=r)
         self.retries = Counter("tailbucket_agent_retries", "Requests sent again after no answer, a 5xx or throttling.", registry=r)
         self.conflicts = Counter("tailbucket_agent_conflicts", "Streams stopped because their object changed under them.", registry=r)
         self.latency = Histogram(

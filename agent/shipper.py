@@ -338,6 +338,9 @@ class Shipper:
                     return
                 async with self._slots:
                     results = await self._groups.send(taken)
+                landed = sum(1 for result in results if result is not None and result.ok)
+                self.metrics.shared_appends.inc(landed)
+                log.debug(events.APPENDS_SHARED, bucket=self.bucket, appends=len(taken), landed=landed)
                 for (lane, item), result in zip(taken, results):
                     assert lane.retry is not None and lane.writer is not None
                     if result is None or not result.ok:
