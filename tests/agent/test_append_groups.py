@@ -7,6 +7,8 @@ was sent, byte for byte: a group changes how appends travel, never what lands.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -16,7 +18,7 @@ from structlog.testing import capture_logs
 from agent import events
 from agent.batcher import Batch
 from sink.testing import Fault, FakeS3
-from tests.agent.test_shipper import FILE, IDLE, shipping
+from tests.agent.test_shipper import FILE, IDLE, Harness, shipping
 
 STREAMS = [f"/logs/s{i:02d}.log" for i in range(12)]
 
@@ -55,16 +57,28 @@ def _fake(**options) -> FakeS3:
     return fake
 
 
+@asynccontextmanager
+async def many_streams(tmp_path: Path, fake: FakeS3) -> AsyncIterator[Harness]:
+    """A shipper with every stream of STREAMS added; tokens for a group of ten at a time."""
+    async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
+        for stream in STREAMS:
+            h.add(stream)
+        yield h
+
+
+def _all_exact(h: Harness, rounds: int, but: str | None = None) -> None:
+    for stream in STREAMS:
+        if stream != but:
+            assert h.stored(f"h{stream}") == _expected(stream, rounds)
+
+
 async def test_waiting_streams_share_requests_and_every_object_is_exact(tmp_path: Path,
                                                                        mock_clock: trio.testing.MockClock) -> None:
     mock_clock.autojump_threshold = IDLE
     fake = _fake()
-    async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
-        for stream in STREAMS:
-            h.add(stream)
+    async with many_streams(tmp_path, fake) as h:
         await _write_rounds(h, 5)
-    for stream in STREAMS:
-        assert h.stored(f"h{stream}") == _expected(stream, 5)
+    _all_exact(h, 5)
     assert fake.count("append_objects") >= 1
     assert fake.count("append_objects") + fake.count("append") < 5 * len(STREAMS)  # fewer requests than appends
     states = h.on_disk()
@@ -76,12 +90,9 @@ async def test_a_sink_without_append_objects_turns_groups_off_and_loses_nothing(
     mock_clock.autojump_threshold = IDLE
     fake = _fake(append_objects=False)
     with capture_logs() as logs:
-        async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
-            for stream in STREAMS:
-                h.add(stream)
+        async with many_streams(tmp_path, fake) as h:
             await _write_rounds(h, 4)
-    for stream in STREAMS:
-        assert h.stored(f"h{stream}") == _expected(stream, 4)
+    _all_exact(h, 4)
     assert fake.count("append_objects") == 1  # refused once (405), then one PUT per append
     assert [e["status"] for e in logs if e["event"] == events.APPEND_GROUPS_OFF] == [405]
 
@@ -90,9 +101,7 @@ async def test_a_lost_answer_is_settled_by_head_and_nothing_lands_twice(tmp_path
                                                                          mock_clock: trio.testing.MockClock) -> None:
     mock_clock.autojump_threshold = IDLE
     fake = _fake()
-    async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
-        for stream in STREAMS:
-            h.add(stream)
+    async with many_streams(tmp_path, fake) as h:
         await _write_rounds(h, 1)  # the first appends open the writers, one PUT each
         grouped = fake.count("append_objects")
         fake.inject(Fault.DROP_RESPONSE, op="append", key=f"h{STREAMS[3]}")  # applied, answer lost: ambiguous for all
@@ -100,8 +109,7 @@ async def test_a_lost_answer_is_settled_by_head_and_nothing_lands_twice(tmp_path
         fake.inject(Fault.RESET_BEFORE, op="append", key=f"h{STREAMS[7]}")  # the whole request: nothing applied
         heads = fake.count("head")
         await _write_rounds(h, 6, start=1)
-    for stream in STREAMS:
-        assert h.stored(f"h{stream}") == _expected(stream, 6)
+    _all_exact(h, 6)
     assert fake.count("append_objects") > grouped and "queued_faults=0" in repr(fake)  # each fault met a group
     assert fake.count("head") > heads  # the ambiguous ones were looked for before being sent again
 
@@ -111,9 +119,7 @@ async def test_a_foreign_writer_in_a_group_stops_only_its_stream(tmp_path: Path,
     mock_clock.autojump_threshold = IDLE
     fake = _fake()
     victim = STREAMS[2]
-    async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
-        for stream in STREAMS:
-            h.add(stream)
+    async with many_streams(tmp_path, fake) as h:
         await _write_rounds(h, 1)
         fake.inject(Fault.FOREIGN_APPEND, op="append", key=f"h{victim}")
         await _write_rounds(h, 3, start=1)
@@ -122,6 +128,4 @@ async def test_a_foreign_writer_in_a_group_stops_only_its_stream(tmp_path: Path,
         assert lane is not None and lane.failed is not None
     assert fake.object_bytes("logs", f"h{victim}").count(fake.foreign_bytes) == 1  # never overwritten
     assert h.stored(f"h{victim}") == line(victim, 0) + fake.foreign_bytes  # nothing of ours after it
-    for stream in STREAMS:
-        if stream != victim:
-            assert h.stored(f"h{stream}") == _expected(stream, 3)
+    _all_exact(h, 3, but=victim)
