@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -58,9 +59,9 @@ def _fake(**options) -> FakeS3:
 
 
 @asynccontextmanager
-async def many_streams(tmp_path: Path, fake: FakeS3) -> AsyncIterator[Harness]:
+async def many_streams(tmp_path: Path, fake: FakeS3, **options: Any) -> AsyncIterator[Harness]:
     """A shipper with every stream of STREAMS added; tokens for a group of ten at a time."""
-    async with shipping(tmp_path, fake, rate=100.0, burst=64.0) as h:
+    async with shipping(tmp_path, fake, rate=100.0, burst=64.0, **options) as h:
         for stream in STREAMS:
             h.add(stream)
         yield h
@@ -95,6 +96,15 @@ async def test_a_sink_without_append_objects_turns_groups_off_and_loses_nothing(
     _all_exact(h, 4)
     assert fake.count("append_objects") == 1  # refused once (405), then one PUT per append
     assert [e["status"] for e in logs if e["event"] == events.APPEND_GROUPS_OFF] == [405]
+
+
+async def test_append_objects_off_never_tries_it(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = IDLE
+    fake = _fake()
+    async with many_streams(tmp_path, fake, append_groups=False) as h:  # sink.append_objects: off
+        await _write_rounds(h, 3)
+    _all_exact(h, 3)
+    assert fake.count("append_objects") == 0 and fake.count("append") == 3 * len(STREAMS)
 
 
 async def test_a_lost_answer_is_settled_by_head_and_nothing_lands_twice(tmp_path: Path,

@@ -81,6 +81,7 @@ def test_every_field_can_be_set() -> None:
             "bucket": "my.logs-1",
             "profile": "ops",
             "addressing": "virtual",
+            "append_objects": "off",
         },
         "inputs": [
             {
@@ -107,7 +108,8 @@ def test_every_field_can_be_set() -> None:
         "max_read_ahead": "1GiB",
     }
     config = parse_config(document, env={})
-    assert config.sink == SinkConfig("my.logs-1", "https://s3.example.com:8443", "eu-west-3", "ops", None, None, "virtual")
+    assert config.sink == SinkConfig("my.logs-1", "https://s3.example.com:8443", "eu-west-3", "ops", None, None, "virtual",
+                                     "off")
     [web] = config.inputs
     assert web.paths == ("/srv/**/access.log", "/var/log/x.log")  # normalised
     assert web.exclude == () and web.read_from == "end" and web.compression == "gzip"
@@ -159,6 +161,7 @@ def test_environment_expansion() -> None:
         (with_("sink.bucket", "Logs_Bucket"), "sink.bucket: 'Logs_Bucket' is not a valid bucket name"),
         (with_("sink.endpoint_url", "ftp://x"), "sink.endpoint_url: 'ftp://x' is not an http:// or https:// endpoint URL"),
         (with_("sink.addressing", "dns"), "sink.addressing: 'dns' is not one of: path, virtual"),
+        (with_("sink.append_objects", "on"), "sink.append_objects: 'on' is not one of: auto, off"),
         (with_("sink.access_key_id", "AKID"), "sink.secret_access_key: is required when the other half"),
         (with_("sink.region", 5), "sink.region: expected a string, got int"),
         (with_("batch.max_bytes", "6GiB"), "batch.max_bytes: '6GiB' must be at least 1 and at most 5368709120 bytes"),
