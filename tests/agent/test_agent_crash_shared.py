@@ -105,6 +105,6 @@ async def test_kill_9_loop_while_many_streams_share_requests(server, s3, bucket,
             while (got := await stored()) != {p.name: p.read_bytes() for p in writer.paths}:
                 for name, data in got.items():
                     assert (logs / name).read_bytes().startswith(data)
-                await trio.sleep(0.2)  # between two looks at thirty objects: the agent ships meanwhile
+                await agent.event("append_acked")  # look again once something more landed
     finally:
         await agent.close()
