@@ -4,8 +4,9 @@ The wire format, and why tailbucket has it: ``sink.append_batch``.  Each item
 is exactly a PutObject with ``x-amz-write-offset-bytes: <offset>`` (and
 ``x-amz-checksum-crc32`` when it gives one): the same storage call
 (``Storage.write_object``: offset fencing under the object's lock, CRC32 and
-ETag chain, durable before it returns), the same refusals
-(``objects.parse_write_offset``, ``objects.check_appendable``), decided per
+ETag chain, durable before it returns), the same refusals (a key that is not
+UTF-8 or longer than 1,024 bytes, as the router refuses its path;
+``objects.parse_write_offset``, ``objects.check_appendable``), decided per
 item; a refused item is its own result and the others go ahead.
 
 The whole request is refused (an S3 XML error, nothing changed) when it fails
@@ -33,12 +34,12 @@ import trio
 from server import checksums
 from server.bodies import INLINE_HASH_LIMIT
 from server.context import Context
-from server.errors import BadDigest, EntityTooLarge, InvalidArgument, InvalidRequest, S3Error
+from server.errors import BadDigest, EntityTooLarge, InvalidArgument, InvalidRequest, KeyTooLongError, S3Error
 from server.http import Response
 from server.objects import check_appendable, parse_write_offset
 from server.payload import Payload
 from server.records import BodyDigest, BodyHasher, MiB, NewObject, ObjectInfo
-from sink.append_batch import BatchFormatError, BatchItem, ItemResult, decode_request, encode_results
+from sink.append_batch import MAX_KEY_BYTES, BatchFormatError, BatchItem, ItemResult, decode_request, encode_results
 
 log = structlog.get_logger("tailbucket.server.batch_append")
 
@@ -127,8 +128,7 @@ async def _append(ctx: Context, item: BatchItem, authorize_append: Callable[[str
 
 
 async def _write(ctx: Context, item: BatchItem, authorize_append: Callable[[str], None]) -> ObjectInfo:
-    if not _is_utf8(item.key):  # a path with such a key is refused by the router (S3App._address)
-        raise InvalidArgument("The key is not valid UTF-8.")
+    _check_key(item.key)
     authorize_append(item.key)
     offset = parse_write_offset([str(item.offset)])
     crc32 = checksums.decode("crc32", item.crc32) if item.crc32 is not None else None
@@ -192,12 +192,14 @@ def _check_crc32(expected: bytes | None, digest: BodyDigest) -> None:
         raise BadDigest("The CRC32 you specified did not match the calculated checksum.")
 
 
-def _is_utf8(key: str) -> bool:
+def _check_key(key: str) -> None:
+    """Refuse a key as the router refuses a PutObject's path (S3App._address), in its order and words."""
     try:
-        key.encode("utf-8")
+        size = len(key.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
-        return False
-    return True
+        raise InvalidArgument("The key is not valid UTF-8.") from None
+    if size > MAX_KEY_BYTES:
+        raise KeyTooLongError(f"Your key is too long: {size} bytes (at most {MAX_KEY_BYTES}).")
 
 
 class _ItemBody:

@@ -21,6 +21,11 @@ The wire format (pure functions here; no I/O)::
 
 ``crc32`` (optional) is the body's CRC32, base64 of its 4 big-endian bytes, as
 in ``x-amz-checksum-crc32``.  At most ``MAX_ITEMS`` items; a key at most once.
+A key longer than S3's ``MAX_KEY_BYTES`` is well formed: that item's result is
+400 ``KeyTooLongError``, as its PUT's answer, and the others go ahead.  Only a
+key past ``MAX_KEY_FIELD_BYTES`` (64 KiB) refuses the request: no PUT to it can
+even be sent (its request head alone passes the server's 64 KiB head limit, 431),
+so there is no PUT answer to mirror, only a broken client.
 The answer to a well-formed request is 200 with one result per item, in order::
 
     {"results":[{"status":200,"size":S,"etag":E},
@@ -29,7 +34,8 @@ The answer to a well-formed request is 200 with one result per item, in order::
 A result's status and code are what a ``PutObject`` of that item alone would
 have answered; ``size`` is the object's length after the append.  A 200 result
 is as durable as a PUT's 200.  A request that is not well formed (bad JSON,
-lengths that do not add up, too many items, a repeated key) is refused whole
+lengths that do not add up, too many items, a repeated, empty or absurdly long
+key) is refused whole
 with an S3 XML error (400 ``InvalidRequest``) and changes nothing; so is one
 that fails authentication or names a missing bucket.
 """
@@ -43,7 +49,8 @@ from dataclasses import dataclass
 SUBRESOURCE = "appends"
 CONTENT_TYPE = "application/x-tailbucket-appends"
 MAX_ITEMS = 1000
-MAX_KEY_BYTES = 1024
+MAX_KEY_BYTES = 1024  # S3's limit: a longer key is that item's KeyTooLongError
+MAX_KEY_FIELD_BYTES = 64 * 1024  # a longer key refuses the whole request (see above)
 
 
 class BatchFormatError(ValueError):
@@ -104,8 +111,8 @@ def decode_request(data: bytes | memoryview) -> list[BatchItem]:
         if not isinstance(entry, dict) or set(entry) - {"key", "offset", "length", "crc32"}:
             raise BatchFormatError(f"append {n}: expected key, offset, length and optionally crc32")
         key, offset, length, crc32 = entry.get("key"), entry.get("offset"), entry.get("length"), entry.get("crc32")
-        if not isinstance(key, str) or not 1 <= len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
-            raise BatchFormatError(f"append {n}: the key must be a string of 1 to {MAX_KEY_BYTES} bytes")
+        if not isinstance(key, str) or not 1 <= len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_FIELD_BYTES:
+            raise BatchFormatError(f"append {n}: the key must be a string of 1 to {MAX_KEY_FIELD_BYTES} bytes")
         if key in seen:
             raise BatchFormatError(f"append {n}: the key {key!r} appears more than once")
         for name, value in (("offset", offset), ("length", length)):

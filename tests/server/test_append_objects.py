@@ -115,6 +115,22 @@ def test_an_unencodable_key_is_refused_alone(http, bucket) -> None:
     assert results[1].ok and state(http, bucket, "fine")[0] == b"y"
 
 
+def test_a_key_too_long_is_refused_alone_as_its_put_is(http, bucket) -> None:
+    """1,025 bytes of UTF-8 (512 two-byte characters and one more): KeyTooLongError for that item only."""
+    long_key = "é" * 512 + "k"
+    assert put(http, bucket, "log", b"abc", 0).status_code == 200
+    items = [BatchItem("log", 3, b"def"), BatchItem(long_key, 0, b"lost?"), BatchItem("new", 0, b"x")]
+    results = batch(http, bucket, items)
+    refusal = put(http, bucket, long_key, b"lost?", 0)
+    assert (results[1].status, results[1].code) == s3_error(refusal) == (400, "KeyTooLongError")
+    assert results[1].message == ET.fromstring(refusal.content).findtext("Message")
+    assert results[1].size is None
+    assert [(r.status, r.size) for r in (results[0], results[2])] == [(200, 6), (200, 1)]
+    assert (state(http, bucket, "log")[0], state(http, bucket, "new")[0]) == (b"abcdef", b"x")
+    listed = ET.fromstring(http.get(f"/{bucket}?list-type=2").content)
+    assert sorted(k.text for k in listed.iter() if k.tag.endswith("}Key")) == ["log", "new"]
+
+
 def test_the_empty_probe_answers_no_results(server, http, bucket) -> None:
     r = http.post(f"/{bucket}?appends", content=b'{"appends":[]}\n', headers=HEADERS)
     assert (r.status_code, r.headers["content-type"], r.json()) == (200, "application/json", {"results": []})

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sink.append_batch import (MAX_ITEMS, BatchFormatError, BatchItem, ItemResult, decode_request, decode_results,
-                               encode_request, encode_results)
+from sink.append_batch import (MAX_ITEMS, MAX_KEY_BYTES, MAX_KEY_FIELD_BYTES, BatchFormatError, BatchItem, ItemResult,
+                               decode_request, decode_results, encode_request, encode_results)
 
 
 def test_a_request_round_trips_with_its_bodies_in_order():
@@ -14,6 +14,13 @@ def test_a_request_round_trips_with_its_bodies_in_order():
     decoded = decode_request(encode_request(items))
     assert [(i.key, i.offset, bytes(i.body), i.crc32) for i in decoded] == [
         ("a/b.log", 0, b"one\n", "AAAAAA=="), ("ü/../x", 17, b"two\nthree\n", None), ("empty", 3, b"", None)]
+
+
+def test_a_key_too_long_for_s3_is_well_formed_up_to_the_field_bound():
+    """The server answers such an item alone (KeyTooLongError, as its PUT): the codec must let it through."""
+    keys = ["k" * (MAX_KEY_BYTES + 1), "é" * (MAX_KEY_FIELD_BYTES // 2), "short"]  # the second: exactly the bound
+    decoded = decode_request(encode_request([BatchItem(key, 0, b"x") for key in keys]))
+    assert [(i.key, bytes(i.body)) for i in decoded] == [(key, b"x") for key in keys]
 
 
 def test_results_round_trip():
@@ -32,8 +39,10 @@ def _body(head: object, rest: bytes = b"") -> bytes:
     (_body({"appends": [{"key": "k", "offset": 0}]}), "non-negative integer"),
     (_body({"appends": [{"key": "k", "offset": -1, "length": 0}]}), "non-negative integer"),
     (_body({"appends": [{"key": "k", "offset": True, "length": 0}]}), "non-negative integer"),
-    (_body({"appends": [{"key": "", "offset": 0, "length": 0}]}), "1 to 1024 bytes"),
-    (_body({"appends": [{"key": "k" * 1025, "offset": 0, "length": 0}]}), "1 to 1024 bytes"),
+    (_body({"appends": [{"key": "", "offset": 0, "length": 0}]}), "1 to 65536 bytes"),
+    (_body({"appends": [{"key": 7, "offset": 0, "length": 0}]}), "1 to 65536 bytes"),
+    (_body({"appends": [{"key": "é" * (MAX_KEY_FIELD_BYTES // 2) + "k", "offset": 0, "length": 0}]}),
+     "1 to 65536 bytes"),
     (_body({"appends": [{"key": "k", "offset": 0, "length": 0, "extra": 1}]}), "expected key"),
     (_body({"appends": [{"key": "k", "offset": 0, "length": 0, "crc32": 5}]}), "base64 string"),
     (_body({"appends": [{"key": "k", "offset": 0, "length": 4}]}, b"abc"), "ends before"),
