@@ -221,10 +221,10 @@ class Agent:
             await trio.sleep(RATE_WINDOW)
             cpu_now, appends_now = time.process_time(), self.metrics.appends_made()
             made = appends_now - appends
-            held_back = made >= 0.9 * pacing.rate * RATE_WINDOW and bool(shipper.waiting_within(1))
+            held_back = made >= 0.9 * pacing.rate * RATE_WINDOW and bool(shipper.order.within(1))
             before = pacing.rate
             if pacing.update(cpu_now - cpu, made, held_back) != before:
-                shipper.set_rate(pacing.rate)
+                shipper.order.rate = pacing.rate
                 log.debug(events.APPEND_RATE_SET, rate=round(pacing.rate), cpu=round((cpu_now - cpu) / RATE_WINDOW, 3),
                           appends=made)
             cpu, appends = cpu_now, appends_now

@@ -24,11 +24,13 @@ from __future__ import annotations
 import structlog
 
 from agent import events
+from agent.batcher import joined
 from agent.checkpoint import Intent
 from agent.lanes import Lane
+from agent.metrics import AgentMetrics
 from agent.objects import StreamObjects
 from sink.append_batch import BatchItem, ItemResult
-from sink.errors import AuthError, SinkError
+from sink.errors import AuthError, ConflictError, SinkError
 from sink.retry import is_retriable
 
 log = structlog.get_logger()
@@ -41,9 +43,10 @@ UNKNOWN_OPERATION = {400, 404, 405, 501}  # whole-request refusals that mean "no
 class AppendGroups:
     """Whether lanes may share a request, taking their appends, and sending them."""
 
-    def __init__(self, objects: StreamObjects, bucket: str, *, enabled: bool = True) -> None:
+    def __init__(self, objects: StreamObjects, bucket: str, metrics: AgentMetrics, *, enabled: bool = True) -> None:
         self._objects = objects
         self.bucket = bucket
+        self._metrics = metrics
         self.enabled = enabled
         self.requests = 0  # AppendObjects requests sent
         self.items = 0  # appends they carried
@@ -64,7 +67,7 @@ class AppendGroups:
         size = 0
         for lane in lanes:
             batches = lane.take(max_bytes)
-            body = batches[0].body() if len(batches) == 1 else b"".join(b.body() for b in batches)
+            body = joined(batches)
             lane.retry = (batches, body)
             writer = lane.writer
             r0 = lane.state.object_length
@@ -99,3 +102,25 @@ class AppendGroups:
             return [refused] * len(items)  # refused whole: nothing was written
         self.items += len(items)
         return results
+
+    def settle(self, taken: list[tuple[Lane, BatchItem]], results: list[ItemResult | None]
+               ) -> list[tuple[Lane, int | ConflictError | None]]:
+        """Each result into its lane's writer: the object's new length where the append landed, a
+        ConflictError where the object is not what was recorded, None where it did not land (refused,
+        or unknown: the writer looks before sending again, in the lane's own turn)."""
+        landed = sum(1 for result in results if result is not None and result.ok)
+        self._metrics.shared_appends.inc(landed)
+        log.debug(events.APPENDS_SHARED, bucket=self.bucket, appends=len(taken), landed=landed)
+        outcomes: list[tuple[Lane, int | ConflictError | None]] = []
+        for (lane, _), result in zip(taken, results):
+            writer = lane.writer
+            assert writer is not None
+            if result is None or not result.ok:
+                writer.batch_failed(result)
+                outcomes.append((lane, None))
+                continue
+            try:
+                outcomes.append((lane, writer.batch_landed(result)))
+            except ConflictError as exc:
+                outcomes.append((lane, exc))
+        return outcomes

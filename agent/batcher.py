@@ -68,6 +68,11 @@ class Batch:
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
+def joined(batches: tuple[Batch, ...]) -> bytes:
+    """The bytes of consecutive batches, one append's (no copy for one batch)."""
+    return batches[0].body() if len(batches) == 1 else b"".join(b.body() for b in batches)
+
+
 @dataclass
 class _Pending:
     first: Chunk

@@ -232,9 +232,9 @@ class Streams:
             before = now
             # Twice per turn of a stream is often enough: what is read meanwhile goes out in the same append.
             # After a quiet round the pause doubles (up to MAX_POKE_PAUSE): idle files cost next to nothing.
-            busy = max(MIN_POKE_PAUSE, POKE_PAUSE_PER_FILE * len(paths), self.shipper.turn_interval() / 2)
+            busy = max(MIN_POKE_PAUSE, POKE_PAUSE_PER_FILE * len(paths), self.shipper.order.interval() / 2)
             pause = min(MAX_POKE_PAUSE, busy if changed else max(busy, 2 * pause))
-            waiting = self.shipper.waiting_beyond(0)  # read as their turns come near (``_poke_before_turns``)
+            waiting = self.shipper.order.beyond(0)  # read as their turns come near (``_poke_before_turns``)
             lead = self._lead_turns()
             for path in changed - waiting:
                 tailer = self._tailers.get(path)
@@ -256,7 +256,7 @@ class Streams:
         until then.  A stream takes its place in line before it is read (``Shipper.expect``: when a round
         sees its file change, and again as each of its turns ends), so one read per append is enough."""
         while True:
-            near = set(self.shipper.waiting_within(self._lead_turns()))
+            near = set(self.shipper.order.within(self._lead_turns()))
             for path in near - self._near:  # come near since the last look
                 tailer = self._tailers.get(path)
                 if tailer is not None:
@@ -275,7 +275,7 @@ class Streams:
         self._near.add(path)  # not again as ``_poke_before_turns`` finds it near
 
     def _lead_turns(self) -> int:
-        return math.ceil(LEAD * self.shipper.rate)
+        return math.ceil(LEAD * self.shipper.order.rate)
 
     def _startable(self, path: str) -> bool:
         return path not in self._tailers and path not in self._starting and path not in self._failed

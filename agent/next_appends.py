@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from agent.batcher import Batch
+import trio
+
+from agent.batcher import Batch, joined
 from agent.checkpoint import Intent
 from agent.lanes import Lane
 from agent.objects import StreamObjects
@@ -24,16 +26,23 @@ from agent.tailer import ReadAheadBudget
 Taken = tuple[tuple[Batch, ...], bytes]  # the batches and the body they make
 
 
+async def encoded(lane: Lane, batches: tuple[Batch, ...]) -> bytes:
+    """The body of an append of these batches, in the lane's encoding (compression off the event loop)."""
+    data = joined(batches)
+    codec = lane.route.codec()
+    if codec.name == "identity":
+        return data
+    return await trio.to_thread.run_sync(codec.encode, data)
+
+
 class NextAppends:
     """Next appends taken ahead, by stream."""
 
     def __init__(self, objects: StreamObjects, budget: ReadAheadBudget, max_bytes: int,
-                 encode: Callable[[Lane, tuple[Batch, ...]], Awaitable[bytes]],
                  record: Callable[[Lane], Awaitable[None]]) -> None:
         self._objects = objects
         self._budget = budget
         self._max_bytes = max_bytes
-        self._encode = encode
         self._record = record
         self._taken: dict[str, Taken] = {}
 
@@ -64,7 +73,7 @@ class NextAppends:
             return
         batches = lane.take(self._max_bytes)
         try:
-            body = await self._encode(lane, batches)
+            body = await encoded(lane, batches)
             state = lane.state
             r0 = sending.r1
             following = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))

@@ -37,7 +37,6 @@ and the checkpoint is written last.
 
 from __future__ import annotations
 
-import gc
 import math
 from datetime import datetime, timezone
 from typing import Callable
@@ -53,12 +52,14 @@ from agent.connect import SinkHealth
 from agent.errors import AgentError, CheckpointError
 from agent.lanes import Lane, Route
 from agent.metrics import AgentMetrics, StreamPosition
-from agent.next_appends import NextAppends
+from agent.next_appends import NextAppends, encoded
 from agent.objects import StreamObjects
 from agent.request_slots import RequestSlots
 from agent.tailer import ReadAheadBudget
+from agent.unsaved import UnsavedStates
 from agent.turn_order import TurnOrder
 from sink.client import S3Client
+from sink.heap import SentBodies
 from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
 from sink.retry import RetryPolicy
 
@@ -67,7 +68,6 @@ log = structlog.get_logger()
 APPEND_RATE = 200.0  # appends a second, all streams together, until agent.cpu_budget sizes the rate (this is its floor)
 APPEND_BURST = 64.0
 REFUSAL_PAUSE = 5.0  # seconds a refused stream waits before trying again
-GC_EVERY_BYTES = 8 << 20  # see ``_collect``
 TURNS_PER_SLOT = 32  # turns under way per request slot: their intents go to disk in one write
 MAX_GROUP = 64  # turns in one AppendObjects request (``agent.append_groups``): two requests' worth may be under way
 FLUSH_DELAY = 0.2  # seconds an acknowledged state may wait in memory for a write to share
@@ -106,7 +106,7 @@ class Shipper:
         self.on_failed = on_failed
         self._lanes: dict[str, Lane] = {}
         self._order = TurnOrder(rate, burst, max_turns=max_in_flight * TURNS_PER_SLOT, max_bytes=max_bytes)
-        self._dirty: set[Lane] = set()  # state newer than the checkpoint file
+        self._unsaved = UnsavedStates(checkpoint)  # states newer than the checkpoint file
         self._slots = RequestSlots(max_in_flight)  # requests on the wire
         self._flush_soon = trio.Event()
         self._drained = trio.Event()
@@ -114,13 +114,13 @@ class Shipper:
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._since_gc = 0
+        self._sent = SentBodies()  # frees past request bodies every few MiB
         # Told of a stream expected again as its turn ends, with its place (discovery reads it now if that is near).
         self.on_expected: Callable[[str, int], None] | None = None
         self._objects = StreamObjects(client, bucket, retry=retry, s3express=s3express, metrics=self.metrics,
-                                      wall_clock=wall_clock, record=self._save_with)
-        self._next = NextAppends(self._objects, budget, max_bytes, self._encode, self._save_with)
-        self._groups = AppendGroups(self._objects, bucket, enabled=append_groups and not s3express)
+                                      wall_clock=wall_clock, record=self._unsaved.save_with)
+        self._next = NextAppends(self._objects, budget, max_bytes, self._unsaved.save_with)
+        self._groups = AppendGroups(self._objects, bucket, self.metrics, enabled=append_groups and not s3express)
 
     # -- streams -------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class Shipper:
             lane.route = route
             return lane
         lane = self._lanes[route.stream] = Lane(route, state)
-        self._mark_dirty(lane)
+        self._unsaved.mark(lane)
         return lane
 
     @property
@@ -148,24 +148,10 @@ class Shipper:
         return [StreamPosition(s, s, lane.state.identity, lane.state.offset) for s, lane in self._lanes.items()]
 
     @property
-    def rate(self) -> float:
-        return self._order.rate
-
-    def set_rate(self, rate: float) -> None:
-        """Appends a second from now on (``agent.cpu_budget`` sizes it to what an append costs)."""
-        self._order.rate = rate
-
-    def turn_interval(self) -> float:
-        """About how long a stream waits between two appends now (the app paces reading with it)."""
-        return self._order.interval()
-
-    def waiting_beyond(self, turns: int) -> set[str]:
-        """Streams waiting for a turn that comes after the next ``turns`` turns (the app reads those later)."""
-        return self._order.beyond(turns)
-
-    def waiting_within(self, turns: int) -> list[str]:
-        """Streams whose turns come within the next ``turns`` turns, soonest first (the app reads them now)."""
-        return self._order.within(turns)
+    def order(self) -> TurnOrder:
+        """Who appends next, and when.  The app sizes its ``rate`` (``agent.cpu_budget``) and
+        reads files by it: those ``within`` the next turns now, those ``beyond`` later."""
+        return self._order
 
     def expect(self, stream: str) -> int | None:
         """Give a stream whose file changed its place in the turn order before its new bytes are read.
@@ -194,7 +180,7 @@ class Shipper:
             try:
                 async with self._slots:
                     if await self._objects.open(lane):
-                        self._mark_dirty(lane)
+                        self._unsaved.mark(lane)
                 return lane.state
             except (ConflictError, AgentError) as exc:
                 self._fail(lane, exc)
@@ -215,10 +201,7 @@ class Shipper:
         With nothing new this returns at once, unless ``durable``: then it also
         waits for a write that another task started with this task's states in it.
         """
-        if self._dirty or durable:
-            states = [lane.state for lane in self._dirty]
-            self._dirty.clear()
-            await self.checkpoint.save(*states)
+        await self._unsaved.save(durable=durable)
 
     # -- the component ------------------------------------------------------------------
 
@@ -245,7 +228,7 @@ class Shipper:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                self._dirty.update(self._lanes.values())
+                self._unsaved.mark(*self._lanes.values())
                 await self.save()
 
     def enqueue(self, batch: Batch) -> None:
@@ -328,7 +311,7 @@ class Shipper:
             taken = self._groups.take(lanes, self.max_bytes, alone)
             if taken:
                 try:
-                    await self.checkpoint.save(*(lane.state for lane, _ in taken), *self._take_dirty(taken))
+                    await self._unsaved.save_with(*(lane for lane, _ in taken))
                 except CheckpointError as exc:
                     if not isinstance(exc, CheckpointConflict):
                         raise  # progress cannot be recorded: nothing may be sent
@@ -338,39 +321,22 @@ class Shipper:
                     return
                 async with self._slots:
                     results = await self._groups.send(taken)
-                landed = sum(1 for result in results if result is not None and result.ok)
-                self.metrics.shared_appends.inc(landed)
-                log.debug(events.APPENDS_SHARED, bucket=self.bucket, appends=len(taken), landed=landed)
-                for (lane, item), result in zip(taken, results):
-                    assert lane.retry is not None and lane.writer is not None
-                    if result is None or not result.ok:
-                        lane.writer.batch_failed(result)
+                for lane, outcome in self._groups.settle(taken, results):
+                    if outcome is None:
                         alone.append(lane)
                         continue
                     done.append(lane)
-                    try:
-                        length = lane.writer.batch_landed(result)
-                    except ConflictError as exc:
-                        self._fail(lane, exc)
-                        continue
-                    batches, body = lane.retry
-                    self._landed(lane, batches, body, length)
-                    if not lane.queue:
-                        self._flush_soon.set()
+                    if isinstance(outcome, ConflictError):
+                        self._fail(lane, outcome)
+                    else:
+                        assert lane.retry is not None
+                        self._landed(lane, *lane.retry, outcome)
         finally:
             for lane in done:
                 self._turn_ended(lane)
             assert self._nursery is not None
             for lane in alone:
                 self._nursery.start_soon(self._turn, lane)  # still busy, still counted as running
-
-    def _take_dirty(self, taken: list[tuple[Lane, object]]) -> list[StreamState]:
-        """Every other state newer than the checkpoint file (they share the write)."""
-        for lane, _ in taken:
-            self._dirty.discard(lane)
-        others = [lane.state for lane in self._dirty]
-        self._dirty.clear()
-        return others
 
     def _turn_ended(self, lane: Lane) -> None:
         lane.busy = False
@@ -405,10 +371,10 @@ class Shipper:
             if lane.writer is None:
                 async with self._slots:
                     if await self._objects.open(lane):
-                        self._mark_dirty(lane)
+                        self._unsaved.mark(lane)
             if lane.retry is None:
                 batches = lane.take(self.max_bytes)
-                lane.retry = (batches, await self._encode(lane, batches))
+                lane.retry = (batches, await encoded(lane, batches))
             batches, body = lane.retry
             if lane.state.intent is None:  # else recorded ahead, or an append whose outcome is still unknown
                 if (roll := self._objects.roll_for(lane, len(body))) is not None:
@@ -417,7 +383,7 @@ class Shipper:
                 r0 = lane.state.object_length
                 intent = Intent(batches[-1].identity, batches[0].offset, batches[-1].end, r0, r0 + len(body))
                 lane.state = lane.state.with_intent(intent)
-                await self._save_with(lane)  # outside the slot: turns waiting for one share this write
+                await self._unsaved.save_with(lane)  # outside the slot: turns waiting for one share this write
             length = await self._append(lane, body)
         except CheckpointError as exc:
             if not isinstance(exc, CheckpointConflict):
@@ -432,8 +398,6 @@ class Shipper:
             return
         self._landed(lane, batches, body, length)
         lane.retry = self._next.pop(lane.stream)
-        if not lane.queue:
-            self._flush_soon.set()  # nothing follows soon to carry this state to disk
 
     async def _append(self, lane: Lane, body: bytes) -> int:
         """Send the lane's append; meanwhile take its next one and record that too, when it is worth it."""
@@ -460,7 +424,7 @@ class Shipper:
         lane.retry = None
         lane.state = lane.state.landed()
         lane.appends += 1
-        self._mark_dirty(lane)
+        self._unsaved.mark(lane)
         size = sum(b.size for b in batches)
         self.budget.release(size)
         now = trio.current_time()
@@ -471,20 +435,9 @@ class Shipper:
         self.health.accepted()
         log.debug(events.APPEND_ACKED, stream=lane.stream, key=lane.state.key, offset=lane.state.offset,
                   object_length=length, body=len(body), identity=str(lane.state.identity))
-        self._collect(len(body))
-
-    async def _encode(self, lane: Lane, batches: tuple[Batch, ...]) -> bytes:
-        data = batches[0].body() if len(batches) == 1 else b"".join(b.body() for b in batches)
-        codec = lane.route.codec()
-        if codec.name == "identity":
-            return data
-        return await trio.to_thread.run_sync(codec.encode, data)
-
-    async def _save_with(self, lane: Lane) -> None:
-        self._dirty.discard(lane)
-        others = [other.state for other in self._dirty]
-        self._dirty.clear()
-        await self.checkpoint.save(lane.state, *others)
+        self._sent.sent(len(body))
+        if not lane.queue:
+            self._flush_soon.set()  # nothing follows soon to carry this state to disk
 
     # -- trouble ---------------------------------------------------------------------------
 
@@ -508,7 +461,7 @@ class Shipper:
         writer = lane.writer
         if lane.state.intent is not None and writer is not None and writer.pending is None:
             lane.state = lane.state.not_landed()  # refused outright: nothing was written
-            self._mark_dirty(lane)
+            self._unsaved.mark(lane)
         self.health.refused(str(exc))
         log.error(events.APPEND_REFUSED, stream=lane.stream, key=lane.state.key, error=str(exc),
                   error_type=type(exc).__name__, retry_in=REFUSAL_PAUSE)
@@ -525,22 +478,11 @@ class Shipper:
 
     # -- small things ----------------------------------------------------------------------
 
-    def _collect(self, size: int) -> None:
-        """httpx keeps a request (body included) in a reference cycle until the cyclic GC runs:
-        collect the young generations every few MiB so past bodies do not pile up."""
-        self._since_gc += size
-        if self._since_gc >= GC_EVERY_BYTES:
-            self._since_gc = 0
-            gc.collect(1)
-
     def _line_up(self, lane: Lane) -> int:
         """A lane outside a turn joins the line; its place."""
         if not self._order:  # otherwise the dispatcher already waits for a token or a turn's end
             self._wakeup()
         return self._order.line_up(lane)
-
-    def _mark_dirty(self, lane: Lane) -> None:
-        self._dirty.add(lane)
 
     def _wakeup(self) -> None:
         self._wake.set()
@@ -553,5 +495,5 @@ class Shipper:
     def __repr__(self) -> str:
         return (
             f"<Shipper {self.bucket} streams={len(self._lanes)} ready={len(self._order)} running={self._order.running} "
-            f"dirty={len(self._dirty)} draining={self._order.draining} {self.budget!r}>"
+            f"unsaved={len(self._unsaved)} draining={self._order.draining} {self.budget!r}>"
         )

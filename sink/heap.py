@@ -13,6 +13,7 @@ up to TRIM_THRESHOLD of freed memory stays mapped.  No-op off glibc.
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 
 MiB = 1024 * 1024
@@ -34,3 +35,22 @@ def keep_large_buffers_in_heap() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+class SentBodies:
+    """Frees the bodies of past requests every ``every`` bytes sent.
+
+    httpx keeps a request (body included) in a reference cycle with its
+    response until the cyclic GC runs; with many appends a second, past bodies
+    would pile up between its runs.  Collecting the young generations every few
+    MiB sent bounds them at a cost that does not grow with the append rate."""
+
+    def __init__(self, every: int = 8 * MiB) -> None:
+        self.every = every
+        self._since = 0
+
+    def sent(self, size: int) -> None:
+        self._since += size
+        if self._since >= self.every:
+            self._since = 0
+            gc.collect(1)

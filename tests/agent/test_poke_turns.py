@@ -15,18 +15,39 @@ from agent.tailer import ReadAheadBudget
 from tests.agent.agent_support import agent_config
 
 
-class _Shipper:
-    """The two things the pokes ask of the shipper: the turn order and the rate."""
+class _Order:
+    """What the pokes ask of the turn order: who comes within the next turns, and the rate."""
 
     rate = 2 / LEAD  # LEAD * rate = 2 turns are "near"
 
     def __init__(self, ready: list[str]) -> None:
         self.ready = ready
 
-    def waiting_within(self, turns: int) -> list[str]:
+    def within(self, turns: int) -> list[str]:
         return self.ready[:turns]
 
+    def beyond(self, turns: int) -> set[str]:
+        return set(self.ready[turns:])
+
+    def interval(self) -> float:
+        return 1.0
+
+
+class _Shipper:
+    """The shipper as the pokes see it: its turn order."""
+
     on_expected = None  # Streams sets it
+
+    def __init__(self, ready: list[str]) -> None:
+        self.order = _Order(ready)
+
+    @property
+    def ready(self) -> list[str]:
+        return self.order.ready
+
+    @ready.setter
+    def ready(self, ready: list[str]) -> None:
+        self.order.ready = ready
 
 
 class _Tailer:
@@ -90,12 +111,6 @@ class _RoundShipper(_Shipper):
     def __init__(self, ready: list[str]) -> None:
         super().__init__(ready)
         self.expected: list[str] = []
-
-    def waiting_beyond(self, turns: int) -> set[str]:
-        return set(self.ready[turns:])
-
-    def turn_interval(self) -> float:
-        return 1.0
 
     def lane(self, stream: str) -> None:
         return None

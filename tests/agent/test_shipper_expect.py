@@ -24,14 +24,14 @@ async def test_an_expected_place_ships_what_was_read_by_its_turn_and_passes_when
         assert h.shipper.expect("/logs/a.log") == 0
         assert h.shipper.expect("/logs/b.log") == 1
         assert h.shipper.expect("/logs/a.log") is None  # waiting already
-        assert h.shipper.waiting_within(5) == ["/logs/a.log", "/logs/b.log"]
+        assert h.shipper.order.within(5) == ["/logs/a.log", "/logs/b.log"]
         await h.send("/logs/b.log", b"read as its turn came near\n")  # b's bytes join its place; a's read found none
         await h.shipped("/logs/b.log", 27)
         # a's place passed (a token spent, no append), b appended in its place, and is in line again, expected
         assert [key for key, _ in appends] == ["h/logs/b.log"]
         with trio.fail_after(5):
             await h.shipper.wait_for(lambda: ("/logs/b.log", 0) in told)
-        assert h.shipper.waiting_within(5) == ["/logs/b.log"]
+        assert h.shipper.order.within(5) == ["/logs/b.log"]
         await h.send("/logs/b.log", b"more\n")  # its next read: the append follows the token
         await h.shipped("/logs/b.log", 32)
     assert [key for key, _ in appends] == ["h/logs/b.log", "h/logs/b.log"]
