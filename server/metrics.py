@@ -12,7 +12,9 @@ Names (text exposition format, prometheus_client's conventions):
   tailbucket_received_bytes_total{operation}      request body bytes (Content-Length)
   tailbucket_sent_bytes_total{operation}          response body bytes
   tailbucket_append_duration_seconds              histogram of acknowledged appends
-                                                  (PutObject with x-amz-write-offset-bytes, 2xx)
+                                                  (PutObject with x-amz-write-offset-bytes, 2xx;
+                                                  each AppendObjects item that lands, 200, timed
+                                                  from its start to its durable write)
   tailbucket_stored_objects, tailbucket_stored_bytes   what the storage holds
   tailbucket_commit_batches_total, tailbucket_committed_writes_total
                                                   group commits and the writes in them (their
@@ -61,7 +63,8 @@ class ServerMetrics:
             "tailbucket_sent_bytes", "Response body bytes, by operation.", ["operation"], registry=self.registry
         )
         self.append_duration = Histogram(
-            "tailbucket_append_duration_seconds", "Time to acknowledge an append (request received to answer ready).",
+            "tailbucket_append_duration_seconds", "Time to acknowledge an append (a PutObject: request received to answer ready;"
+            " an AppendObjects item: its start to its durable write).",
             buckets=APPEND_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.stored_objects = Gauge("tailbucket_stored_objects", "Objects stored.", registry=self.registry)
@@ -96,6 +99,13 @@ class ServerMetrics:
             self._sent[operation] = self._sent.get(operation, 0) + bytes_out
         if appending and 200 <= status < 300:
             self._durations.append(seconds)
+        self._held += 1
+        if self._held >= FLUSH_EVERY:
+            self.flush()
+
+    def observe_append(self, seconds: float) -> None:
+        """Record one acknowledged append that is not a request of its own (an AppendObjects item)."""
+        self._durations.append(seconds)
         self._held += 1
         if self._held >= FLUSH_EVERY:
             self.flush()

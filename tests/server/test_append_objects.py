@@ -26,6 +26,7 @@ from server.batch_append import MAX_BODY, HeldBytes
 from sink import sigv4
 from sink.append_batch import CONTENT_TYPE, MAX_ITEMS, BatchItem, decode_results, encode_request
 from sink.sigv4 import SigV4Auth
+from tests.server.test_metrics import scrape, value
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
 
 OFFSET = "x-amz-write-offset-bytes"
@@ -129,6 +130,24 @@ def test_a_key_too_long_is_refused_alone_as_its_put_is(http, bucket) -> None:
     assert (state(http, bucket, "log")[0], state(http, bucket, "new")[0]) == (b"abcdef", b"x")
     listed = ET.fromstring(http.get(f"/{bucket}?list-type=2").content)
     assert sorted(k.text for k in listed.iter() if k.tag.endswith("}Key")) == ["log", "new"]
+
+
+def test_each_item_that_lands_is_one_append_in_the_duration_histogram(http, bucket) -> None:
+    assert put(http, bucket, "log", b"abc", 0).status_code == 200
+    items = [BatchItem("log", 3, b"def"), BatchItem("log-2", 0, b"x"), BatchItem("late", 5, b"y"),
+             BatchItem("k" * 1025, 0, b"z"), BatchItem("log-3", 0, b"")]
+    before = scrape(http)
+    results = batch(http, bucket, items)
+    after = scrape(http)
+    assert [r.status for r in results] == [200, 200, 404, 400, 200]  # late: no such object to append to
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("tailbucket_append_duration_seconds_count") == 3
+    assert moved("tailbucket_append_duration_seconds_bucket", le="+Inf") == 3
+    assert 0 < moved("tailbucket_append_duration_seconds_sum") < 10
+    assert moved("tailbucket_requests_total", operation="AppendObjects", status="200") == 1
 
 
 def test_the_empty_probe_answers_no_results(server, http, bucket) -> None:
