@@ -37,3 +37,17 @@ async def test_without_scrapes_what_is_held_stays_bounded() -> None:
     assert sample(metrics, "tailbucket_append_duration_seconds_count") == FLUSH_EVERY
     await metrics.render(no_stats)
     assert sample(metrics, "tailbucket_requests_total", operation="PutObject", status="200") == FLUSH_EVERY + 3
+
+
+async def test_appends_inside_a_request_are_held_and_bounded_as_requests_are() -> None:
+    """AppendObjects' items (``observe_append``): counted once at the next scrape, handed over every FLUSH_EVERY."""
+    metrics = ServerMetrics()
+    metrics.observe_append(0.002)
+    assert sample(metrics, "tailbucket_append_duration_seconds_count") == 0  # held
+    await metrics.render(no_stats)
+    await metrics.render(no_stats)
+    assert sample(metrics, "tailbucket_append_duration_seconds_count") == 1
+    assert sample(metrics, "tailbucket_append_duration_seconds_bucket", le="0.001") == 0
+    for _ in range(FLUSH_EVERY):
+        metrics.observe_append(0.001)
+    assert sample(metrics, "tailbucket_append_duration_seconds_count") == 1 + FLUSH_EVERY
