@@ -23,9 +23,10 @@ The wire format (pure functions here; no I/O)::
 in ``x-amz-checksum-crc32``.  At most ``MAX_ITEMS`` items; a key at most once.
 A key longer than S3's ``MAX_KEY_BYTES`` is well formed: that item's result is
 400 ``KeyTooLongError``, as its PUT's answer, and the others go ahead.  Only a
-key past ``MAX_KEY_FIELD_BYTES`` (64 KiB) refuses the request: no PUT to it can
-even be sent (its request head alone passes the server's 64 KiB head limit, 431),
-so there is no PUT answer to mirror, only a broken client.
+key past ``MAX_KEY_FIELD_BYTES`` (64 KiB) refuses the request: a PUT to it never
+reaches an answer about keys (its head alone passes the server's default 64 KiB
+head limit, 431; httpx will not even build such a URL), so there is no answer to
+mirror, only a broken client, and the JSON line stays small.
 The answer to a well-formed request is 200 with one result per item, in order::
 
     {"results":[{"status":200,"size":S,"etag":E},
