@@ -184,7 +184,7 @@ class S3App:
                     request.method, bucket, key, query, copying=request.header(copy.COPY_SOURCE) is not None
                 )
                 handler = self.access.guard(handler, operation, auth, request, bucket, key, query)
-                ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth)
+                ctx = Context(request, request.request_id, bucket, key, query, self.storage, self.config, auth, self.metrics)
                 response = await handler(ctx)
         except S3Error as exc:
             response = self._error(request, exc, bucket, key)

@@ -18,8 +18,7 @@ their commits share group commits instead of paying one flush each.
 
 Each item that lands is one append in ``tailbucket_append_duration_seconds``, timed
 from its start to its durable write, as a PutObject append is counted per request:
-the server's metrics reach here through ``count_appends_in`` (called once by
-``cli.serve``), not through every request's Context, so the single-PUT path pays nothing.
+the server's metrics come with the request's Context.
 
 A body is held in memory whole until its items are written: at most MAX_BODY
 each, and MAX_HELD for all requests at once (``HeldBytes``: a request waits its
@@ -42,7 +41,6 @@ from server.bodies import INLINE_HASH_LIMIT
 from server.context import Context
 from server.errors import BadDigest, EntityTooLarge, InvalidArgument, InvalidRequest, KeyTooLongError, S3Error
 from server.http import Response
-from server.metrics import ServerMetrics
 from server.objects import check_appendable, parse_write_offset
 from server.payload import Payload
 from server.records import BodyDigest, BodyHasher, MiB, NewObject, ObjectInfo
@@ -81,7 +79,7 @@ async def append_objects(ctx: Context, *, authorize_append: Callable[[str], None
 async def _run_items(ctx: Context, items: list[BatchItem], authorize_append: Callable[[str], None]) -> Response:
     results: list[ItemResult] = [ItemResult(500)] * len(items)
     unstarted = iter(enumerate(items))
-    metrics = _metrics.get(None)
+    metrics = ctx.metrics
 
     async def worker() -> None:
         # CONCURRENCY workers taking the next item each, not a task per item behind a
@@ -186,12 +184,6 @@ class HeldBytes:
 
 
 _held: trio.lowlevel.RunVar[HeldBytes] = trio.lowlevel.RunVar("append_objects_held")
-_metrics: trio.lowlevel.RunVar[ServerMetrics] = trio.lowlevel.RunVar("append_objects_metrics")
-
-
-def count_appends_in(metrics: ServerMetrics) -> None:
-    """Count the items that land in ``metrics`` (the server's: one per trio run, as the budget)."""
-    _metrics.set(metrics)
 
 
 def _budget() -> HeldBytes:

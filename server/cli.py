@@ -97,7 +97,6 @@ def usage_hint(host: str, port: int, creds: Credentials) -> str:
 
 async def serve(config: ServerConfig, creds: Credentials, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run until SIGINT/SIGTERM; requests in flight finish under the shutdown deadline."""
-    from server import batch_append
     from server.app import S3App
     from server.config import ConfigError
     from server.http import HTTPConfig, HTTPServer
@@ -109,9 +108,7 @@ async def serve(config: ServerConfig, creds: Credentials, *, task_status=trio.TA
         raise ConfigError(f"http: {exc}") from None
     storage = await Storage.open(config.data_dir, fsync=config.fsync)
     try:
-        app = S3App(storage, config, build_keyring(config, creds))
-        batch_append.count_appends_in(app.metrics)  # AppendObjects' items are appends too
-        server = HTTPServer(app, http_config)
+        server = HTTPServer(S3App(storage, config, build_keyring(config, creds)), http_config)
         systemd = Notifier()
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, *config.listen)

@@ -10,6 +10,7 @@ from server.http import Request
 if TYPE_CHECKING:
     from server.auth import AuthResult
     from server.config import ServerConfig
+    from server.metrics import ServerMetrics
     from server.storage import Storage
 
 
@@ -23,6 +24,7 @@ class Context:
     storage: "Storage"
     config: "ServerConfig"
     auth: "AuthResult"
+    metrics: "ServerMetrics | None" = None  # the server's, for operations that count more than their request
 
     @property
     def resource(self) -> str:
