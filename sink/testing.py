@@ -42,6 +42,7 @@ import trio
 from .append_batch import BatchFormatError, ItemResult, decode_request, encode_results
 
 MAX_OFFSET = 2**63 - 1
+MAX_KEY_BYTES = 1024  # S3's limit on a key (UTF-8)
 Op = str  # "head" | "get" | "append" | "put" | "delete" | "create_bucket" | "create_session" | "append_objects"
 
 
@@ -189,6 +190,8 @@ class FakeS3(httpx.AsyncBaseTransport):
             return self._create_session(seen.bucket)
         if self.require_session and (refusal := self._check_session(seen)) is not None:
             return refusal
+        if (refusal := _check_key(seen.key, head=seen.op == "head")) is not None:
+            return refusal
         obj = objects.get(seen.key)
         if seen.op == "head":
             if obj is None:
@@ -253,7 +256,7 @@ class FakeS3(httpx.AsyncBaseTransport):
                 continue
             if fault is Fault.FOREIGN_APPEND:
                 self.foreign_append(seen.bucket, each.key, self.foreign_bytes)
-            answer = _check_digest(each) or self._append(objects, each, objects.get(each.key))
+            answer = _check_key(each.key) or _check_digest(each) or self._append(objects, each, objects.get(each.key))
             if answer.status_code == 200:
                 results.append(ItemResult(200, size=int(answer.headers["x-amz-object-size"]),
                                           etag=answer.headers["etag"]))
@@ -321,6 +324,13 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _check_key(key: str, *, head: bool = False) -> httpx.Response | None:
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        return _error(400, "KeyTooLongError", f"Your key is too long: {size} bytes (at most {MAX_KEY_BYTES}).", head=head)
+    return None
 
 
 def _check_digest(seen: SeenRequest) -> httpx.Response | None:

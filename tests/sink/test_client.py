@@ -6,6 +6,7 @@ import httpx
 import pytest
 import trio.testing
 
+from sink.append_batch import BatchItem
 from sink.client import AppendAck, ObjectState, S3Client
 from sink.errors import (
     AuthError,
@@ -180,3 +181,16 @@ async def test_connect_timeout_is_a_transport_error(autojump_clock: trio.testing
 
     with pytest.raises(TransportError, match="ConnectTimeout"):
         await client_for(httpx.MockTransport(handler)).head_object("logs", "k")
+
+
+async def test_a_key_over_1024_bytes_is_refused_as_s3_does(fake: FakeS3) -> None:
+    """The fake holds keys to S3's limit, a PUT's and an AppendObjects item's alike (the server's answer)."""
+    s3 = client_for(fake)
+    long_key = "é" * 513  # 1,026 bytes of UTF-8
+    with pytest.raises(RemoteError) as info:
+        await s3.append("logs", long_key, 0, b"x")
+    assert (info.value.code, info.value.status) == ("KeyTooLongError", 400)
+    results = await s3.append_objects("logs", [BatchItem(long_key, 0, b"x"), BatchItem("k", 0, b"y")])
+    assert [(r.status, r.code) for r in results] == [(400, "KeyTooLongError"), (200, None)]
+    assert list(fake.buckets["logs"]) == ["k"]
+    assert (await s3.append("logs", "é" * 512, 0, b"z")).new_size == 1  # exactly 1,024 bytes: fine
