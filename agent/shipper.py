@@ -56,11 +56,11 @@ from agent.next_appends import NextAppends, encoded
 from agent.objects import StreamObjects
 from agent.request_slots import RequestSlots
 from agent.tailer import ReadAheadBudget
-from agent.unsaved import UnsavedStates
 from agent.turn_order import TurnOrder
+from agent.unsaved import UnsavedStates
 from sink.client import S3Client
-from sink.heap import SentBodies
 from sink.errors import AppendPending, ConflictError, RollOverRequired, SinkError
+from sink.heap import SentBodies
 from sink.retry import RetryPolicy
 
 log = structlog.get_logger()
