@@ -96,6 +96,7 @@ import trio
 
 from server import index
 from server.batch_pipe import BatchPipe
+from server.commit_process import HAND_OVER_AT, CommitProcess
 from server.datafiles import DataFiles, PendingWrite
 
 log = structlog.get_logger()
@@ -128,11 +129,13 @@ class GroupCommitter:
 
     def __init__(
         self, conn: sqlite3.Connection, files: DataFiles, token: trio.lowlevel.TrioToken,
-        flush_after_commit: Callable[[list[PendingWrite]], None] | None = None,
+        flush_after_commit: Callable[[list[PendingWrite]], None] | None = None, lock_fd: int | None = None,
     ) -> None:  # fmt: skip
         """Call it in the trio run the jobs come from (it hooks into that run's turns).
         ``flush_after_commit``: makes every commit durable (``conn`` does not fsync its
-        WAL) and the given unflushed writes with it; None: each commit is durable itself."""
+        WAL) and the given unflushed writes with it; None: each commit is durable itself.
+        ``lock_fd`` (the data dir's lock), with ``flush_after_commit``: small appends
+        go to a commit process (``server.commit_process``), which holds the lock too."""
         self._conn = conn
         self._files = files
         self._token = token
@@ -160,6 +163,12 @@ class GroupCommitter:
         ]  # fmt: skip
         for thread in self._threads:
             thread.start()
+        self._process: CommitProcess | None = None
+        if flush_after_commit is not None and lock_fd is not None:
+            try:
+                self._process = CommitProcess(files.root.parent, lock_fd, self._answered, self._settle_lost)
+            except OSError as exc:
+                log.warning("storage_commit_process_failed", error=repr(exc))
 
     def __repr__(self) -> str:
         return f"GroupCommitter(batches={self.batches}, jobs={self.jobs}, closed={self._closed})"
@@ -180,6 +189,8 @@ class GroupCommitter:
             job.unflushed = True
         if self._turns is not None:
             self._outbox.append(job)  # handed over with the rest of this turn's, before the loop's I/O wait
+            if len(self._outbox) >= HAND_OVER_AT and self._process is not None and self._process.alive:
+                self._hand_over()  # the process needs no GIL: it commits while this turn goes on
         else:
             self._send([job])
         # The wake-up comes from this thread, which cannot run it before this task parks.
@@ -203,6 +214,8 @@ class GroupCommitter:
     def close(self) -> None:
         """Finish the queued jobs and stop the thread (blocking: call from a worker thread)."""
         self._closed = True
+        if self._process is not None:
+            self._process.close()
         self._inbox.close()  # the flusher then closes the indexer's pipe
         for thread in self._threads:
             thread.join()
@@ -221,11 +234,64 @@ class GroupCommitter:
         other batch, so passing the flusher's batches changes nothing for them."""
         later = [job for job in jobs if job.unflushed] if self._flush_after_commit is not None else []
         if later:
-            self._flushed.put(later)
+            if self._process is None or not self._process.alive or not self._to_process(later):
+                self._flushed.put(later)
             if len(later) == len(jobs):
                 return
             jobs = [job for job in jobs if not job.unflushed]
         self._inbox.put(jobs)
+
+    def _to_process(self, jobs: list[CommitJob]) -> bool:
+        """Send small appends to the commit process; False if they could not go."""
+        try:
+            items = []
+            for job in jobs:
+                pending = job.pending
+                assert pending is not None and job.appended is not None
+                tail = job.tail if type(job.tail) is bytes else bytes(job.tail)  # AppendObjects' items are views
+                items.append((self._files.path(pending.file_id), pending.base + pending.written, tail, job.appended))
+            self._process.send(jobs, items)  # type: ignore[union-attr]
+        except Exception as exc:  # a bug: the threads commit these
+            log.error("storage_commit_process_send_failed", error=repr(exc), jobs=len(jobs))
+            return False
+        self.batches += 1
+        self.jobs += len(jobs)
+        return True
+
+    def _answered(self, job: CommitJob, error: str | None) -> None:
+        """The commit process's outcome of ``job``: resume its writer."""
+        if error is not None:
+            pending = job.pending
+            log.error("storage_commit_failed", error=error, file_id=pending.file_id if pending else None)
+            _refuse([job], OSError(error))
+        _wake([job])
+
+    async def _settle_lost(self, jobs: list[CommitJob]) -> None:
+        """The commit process ended with ``jobs`` unanswered: from now on the threads
+        commit small appends, and these are settled here.  Its writes and commits
+        are all done, so one flush makes them durable, and then a job whose row the
+        index holds has landed; any other is put back.  If the flush fails, none has."""
+        self._process = None
+
+        def settle() -> None:
+            with self._conn_lock:
+                landed = [job for job in jobs if index.has_appended_row(self._conn, job.appended)]  # type: ignore[arg-type]
+                _refuse([job for job in jobs if job not in landed], OSError("the commit process ended before this append's commit"))
+                try:
+                    self._flush_after_commit([])  # type: ignore[misc]
+                except Exception as exc:  # only the rows found: an object's earlier append keeps its state too
+                    log.error("storage_flush_failed", error=repr(exc), jobs=len(landed))
+                    index.roll_back_appends(self._conn, [job.appended[6:9] for job in landed])  # type: ignore[index]
+                    _refuse(landed, exc)
+
+        if jobs:
+            try:
+                await trio.to_thread.run_sync(settle)
+            except BaseException as exc:  # a bug, or the index unreadable: the outcome of these jobs is unknown
+                log.error("storage_settle_failed", error=repr(exc), jobs=len(jobs))
+                for job in jobs:
+                    job.error = job.error or exc
+            _wake(jobs)
 
     def _wake_finished(self) -> None:
         """Resume the writers of every finished batch."""

@@ -97,10 +97,10 @@ class DataFiles:
         """
         if not self.durable or not writes:
             return
-        if len(writes) > 1 and self.use_syncfs and _syncfs is not None:
+        if len(writes) > 1 and self.use_syncfs and syncfs is not None:
             fd = writes[0].fd
             assert fd is not None
-            _syncfs(fd)
+            syncfs(fd)
             return
         for write in writes:
             assert write.fd is not None
@@ -258,7 +258,7 @@ def _load_syncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
-_syncfs = _load_syncfs()
+syncfs = _load_syncfs()
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:

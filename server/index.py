@@ -104,6 +104,16 @@ def connect(path: Path, *, durable: bool, readonly: bool = False, flushed_after_
     return conn
 
 
+def connect_appender(path: Path) -> sqlite3.Connection:
+    """A second writing connection, for the commit process (``server.commit_process``):
+    the index is open and migrated already, and every commit is followed by a flush
+    of its filesystem (so synchronous=NORMAL, as ``connect(flushed_after_commit=True)``)."""
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
 class ReadConnections:
     """One read-only connection per worker thread: WAL readers never block the
     writer, and a sqlite3 connection must not be used by two threads at once."""

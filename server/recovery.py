@@ -39,7 +39,7 @@ from pathlib import Path
 import structlog
 
 from server import index
-from server.datafiles import DataFiles, _syncfs, read_at
+from server.datafiles import DataFiles, syncfs, read_at
 from server.records import MiB
 
 log = structlog.get_logger()
@@ -121,12 +121,12 @@ def _roll_back_unflushed(conn: sqlite3.Connection, files: DataFiles) -> tuple[in
 
 def _flush_filesystem(root: Path) -> None:
     """syncfs(2) of the filesystem holding ``root`` (sync(2) where there is none)."""
-    if _syncfs is None:
+    if syncfs is None:
         os.sync()
         return
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _syncfs(fd)
+        syncfs(fd)
     finally:
         os.close(fd)
 

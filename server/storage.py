@@ -8,6 +8,8 @@ checksum, full disk, cancellation) puts the data file back; readers only ever
 see committed lengths.  Concurrent writes share their flushes and commits
 (``server.committer``); a small append's bytes are flushed with its commit, by
 one syncfs after it (``CommitFlush``), and recovery checks them at start-up.
+Small durable appends are written, committed and flushed by a child process
+(``server.commit_process``), which needs no share of this process's GIL.
 
 ``fsync=False`` skips every flush (data files, directories; the WAL runs with
 synchronous=NORMAL).  A process crash still loses nothing acknowledged (the
@@ -20,7 +22,8 @@ where the filesystem left a hole.  For tests and data you can re-send.
 
 Module map: ``records`` (types, ETag/CRC rules) · ``index`` (SQLite) ·
 ``datafiles`` (files) · ``bodies`` (bodies in, snapshots out) · ``slots``
-(per-object locks) · ``committer`` (group commit) · ``recovery`` (start-up).
+(per-object locks) · ``committer`` (group commit) · ``commit_process`` (its child) ·
+``recovery`` (start-up).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import trio
 from server import index
 from server.bodies import ObjectReader, receive_body
 from server.committer import CommitJob, GroupCommitter
-from server.datafiles import DataFiles, PendingWrite, _syncfs
+from server.datafiles import DataFiles, PendingWrite, syncfs
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
 from server.index import IndexedObject
 from server.records import (
@@ -84,13 +87,15 @@ class Storage:
 
     def __init__(
         self, data_dir: Path, files: DataFiles, conn: sqlite3.Connection, buckets: dict[str, float], lock_fd: int,
-        *, max_body_size: int, open_files: int, commit_flush: CommitFlush | None = None,
+        *, max_body_size: int, open_files: int, commit_flush: CommitFlush | None = None, commit_process: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self._files = files
         self._conn = conn
         self._commit_flush = commit_flush
-        self._committer = GroupCommitter(conn, files, trio.lowlevel.current_trio_token(), commit_flush)
+        self._committer = GroupCommitter(
+            conn, files, trio.lowlevel.current_trio_token(), commit_flush, lock_fd if commit_process else None
+        )
         self._readers = index.ReadConnections(data_dir / "index.sqlite3")
         self._slots = ObjectSlots(self._load, capacity=open_files)
         self._buckets = buckets  # storage is the only writer, so memory is exact
@@ -110,11 +115,13 @@ class Storage:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, *, fsync: bool = True, max_body_size: int = MAX_BODY_SIZE, open_files: int | None = None
+        cls, data_dir: Path, *, fsync: bool = True, max_body_size: int = MAX_BODY_SIZE, open_files: int | None = None,
+        commit_process: bool = True,
     ) -> Storage:
         """Open (creating if needed) the storage in ``data_dir`` and recover it from
         any crash.  ``open_files`` bounds the write fds kept open for hot objects
-        (default: ``default_open_files()``)."""
+        (default: ``default_open_files()``).  ``commit_process``: small durable appends
+        are committed by a child process (``server.commit_process``); False: by threads."""
         data_dir = Path(data_dir)
         open_files = open_files or default_open_files()
 
@@ -125,7 +132,7 @@ class Storage:
             try:
                 files = DataFiles(data_dir / "objects", durable=fsync)
                 files.prepare()
-                commit_flush = CommitFlush(data_dir, files) if fsync and _syncfs is not None else None
+                commit_flush = CommitFlush(data_dir, files) if fsync and syncfs is not None else None
                 conn = index.connect(data_dir / "index.sqlite3", durable=fsync, flushed_after_commit=commit_flush is not None)
                 try:
                     report = recover(conn, files)
@@ -143,7 +150,7 @@ class Storage:
 
         files, conn, buckets, lock_fd, commit_flush = await trio.to_thread.run_sync(setup)
         storage = cls(data_dir, files, conn, buckets, lock_fd, max_body_size=max_body_size, open_files=open_files,
-                      commit_flush=commit_flush)  # fmt: skip
+                      commit_flush=commit_flush, commit_process=commit_process)  # fmt: skip
         try:
             storage.uploads = await trio.to_thread.run_sync(
                 lambda: UploadStore.open_sync(data_dir / "uploads", durable=fsync, max_part_size=max_body_size)
@@ -418,7 +425,7 @@ class CommitFlush:
     def __call__(self, unflushed: list[PendingWrite]) -> None:
         if unflushed and self._data_elsewhere:
             self._files.sync_writes(unflushed)
-        _syncfs(self._fd)  # type: ignore[misc]
+        syncfs(self._fd)  # type: ignore[misc]
 
     def close(self) -> None:
         os.close(self._fd)
@@ -447,15 +454,24 @@ def default_open_files() -> int:
     return OPEN_FILES if soft == resource.RLIM_INFINITY else max(16, min(OPEN_FILES, soft // 4))
 
 
-def _lock_data_dir(data_dir: Path) -> int:
-    """One process per data dir: the per-object locks live in memory."""
+LOCK_WAIT = 5.0  # seconds a starting server waits for the data dir's lock
+
+
+def _lock_data_dir(data_dir: Path, wait: float = LOCK_WAIT) -> int:
+    """One process per data dir: the per-object locks live in memory.  Waits
+    ``wait`` seconds for it: a killed server's commit process holds it until the
+    kernel has ended that process too (``server.commit_process``)."""
     lock_fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise RuntimeError(f"data dir {data_dir} is in use by another process") from None
-    return lock_fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(lock_fd)
+                raise RuntimeError(f"data dir {data_dir} is in use by another process") from None
+            time.sleep(0.01)
 
 
 @asynccontextmanager

@@ -61,7 +61,7 @@ async def two_appends(data_dir: Path) -> tuple[ObjectInfo, ObjectInfo]:
 
 
 async def test_a_small_append_is_acknowledged_after_one_flush_that_follows_its_commit(tmp_path: Path) -> None:
-    async with open_storage(tmp_path / "data") as storage:
+    async with open_storage(tmp_path / "data", commit_process=False) as storage:
         await storage.create_bucket("b")
         await storage.write_object("b", "k", body(b"first"), offset=0)
         committer = storage._committer
@@ -181,7 +181,7 @@ async def test_only_the_damaged_object_is_rolled_back(tmp_path: Path) -> None:
 
 
 async def test_a_failed_flush_refuses_the_append_and_puts_it_back(tmp_path: Path) -> None:
-    async with open_storage(tmp_path / "data") as storage:
+    async with open_storage(tmp_path / "data", commit_process=False) as storage:
         await storage.create_bucket("b")
         before = await storage.write_object("b", "k", body(b"first"), offset=0)
         flush = storage._committer._flush_after_commit
@@ -226,7 +226,7 @@ async def test_without_fsync_appends_keep_no_previous_state(tmp_path: Path) -> N
 
 
 async def test_a_batch_is_flushed_and_acknowledged_while_the_one_before_still_flushes(tmp_path: Path) -> None:
-    async with open_storage(tmp_path / "data") as storage:
+    async with open_storage(tmp_path / "data", commit_process=False) as storage:
         await storage.create_bucket("b")
         for key in ("x", "y"):
             await storage.write_object("b", key, body(b"one"), offset=0)
