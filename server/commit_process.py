@@ -118,6 +118,7 @@ class CommitProcess:
         self._unsent_waiting = trio.Event()
         self.alive = True
         self._closing = False
+        log.info("storage_commit_process_started", pid=self._proc.pid, data_dir=str(data_dir))
         trio.lowlevel.spawn_system_task(self._receive, name="commit-process-answers")
         trio.lowlevel.spawn_system_task(self._drain, name="commit-process-sends")
 
