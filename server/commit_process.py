@@ -102,8 +102,8 @@ class CommitProcess:
         self._answered = answered
         self._lost = lost
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "server.commit_process", str(data_dir), str(lock_fd)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(lock_fd,),
+            [sys.executable, "-P", "-m", "server.commit_process", str(data_dir), str(lock_fd)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(lock_fd,), env=_child_env(),
         )  # fmt: skip
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._in = self._proc.stdin.fileno()
@@ -199,6 +199,15 @@ class CommitProcess:
             self._proc.wait()
         with contextlib.suppress(OSError):
             self._proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _child_env() -> dict[str, str]:
+    """The child imports this very ``server`` package: its directory first on the
+    path (and not the working directory: ``-P``), whatever the server's was."""
+    env = dict(os.environ)
+    packages = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [packages, env.get("PYTHONPATH")]))
+    return env
 
 
 # -- the child ------------------------------------------------------------------

@@ -21,6 +21,13 @@ A batch goes through these stages, each its own thread(s), in order:
 3. a syncer (``SYNCERS`` threads), which runs ``flush_after_commit``, then the
    ``after`` clean-ups, and resumes the writers.
 
+Small appends skip all three when there is a commit process
+(``server.commit_process``): it writes their bytes, commits them with its own
+connection and flushes, in a process of its own, so with no share of the GIL;
+batches go to it as soon as ``HAND_OVER_AT`` are in, mid-turn.  If it ends,
+its unanswered appends are settled here (``_settle_lost``) and small appends
+go through the stages above from then on.
+
 One flush for small appends: given ``flush_after_commit`` (one syncfs of the
 filesystem holding the index and the data files, the WAL at synchronous=NORMAL),
 an append of at most ``UNFLUSHED_MAX`` bytes skips the flusher: the indexer
@@ -536,7 +543,8 @@ class _TurnHandOver(trio.abc.Instrument):
     with 16 connections of 1 KiB appends: handing a turn's jobs over as soon as
     two (or four) were queued and the worker was idle cost the event loop ~50 µs
     more CPU per append and a fifth of the rate -- the worker then takes the GIL
-    back and forth while the loop runs Python."""
+    back and forth while the loop runs Python.  (The commit process takes no GIL:
+    its batches go mid-turn, see ``GroupCommitter.run``.)"""
 
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
