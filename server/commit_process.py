@@ -176,12 +176,13 @@ class CommitProcess:
                 for answers in frames.feed(data):
                     for job_id, error in answers:
                         self._answered(self._jobs.pop(job_id), error)
-        except OSError as exc:
-            log.error("storage_commit_process_unreadable", error=repr(exc))
+        except Exception as exc:  # a bug, or the pipe broken: the child must not go on alone
+            log.error("storage_commit_process_failed", pid=self._proc.pid, error=repr(exc))
         self.alive = False
         if self._closing and not self._jobs:
             return
-        status = self._proc.poll()
+        self._proc.kill()  # its answers are over: make sure it writes nothing more before settling
+        status = await trio.to_thread.run_sync(self._proc.wait)
         log.error("storage_commit_process_ended", pid=self._proc.pid, status=status, jobs=len(self._jobs))
         jobs = list(self._jobs.values())
         self._jobs.clear()

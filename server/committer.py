@@ -261,6 +261,10 @@ class GroupCommitter:
         except Exception as exc:  # a bug: the threads commit these
             log.error("storage_commit_process_send_failed", error=repr(exc), jobs=len(jobs))
             return False
+        for job in jobs:  # the child writes the tails: as finish_writing would have
+            pending = job.pending
+            pending.written += len(job.tail)  # type: ignore[union-attr]
+            pending.touched = True  # type: ignore[union-attr]
         self.batches += 1
         self.jobs += len(jobs)
         return True
