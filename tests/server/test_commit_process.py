@@ -1,0 +1,410 @@
+"""The commit process (``server.commit_process``): small durable appends are
+written, committed and flushed by a child, and acknowledged only after its answer.
+
+What is tested here is what the child adds: its framing, its one batch
+(``commit_batch``) against a real index, the server waiting for it, the server
+going on with its threads when the child dies, the child dying with the server,
+and the data dir's lock that a starting server waits for."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import select
+import signal
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from server import index
+from server.commit_process import CommitProcess, Frames, _WriteFds, commit_batch, encode
+from server.datafiles import DataFiles
+from server.storage import _lock_data_dir, open_storage
+from tests.server.test_unflushed_appends import body, content
+from sink.sigv4 import SigV4Auth
+from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
+
+# -- framing ----------------------------------------------------------------------
+
+BATCHES = [
+    [(1, "/data/objects/ab/abc", 4096, b"tail", (4100, "etag-2", 1.5, 7, 2, None, "b", "k", "abc"))],
+    [(2, "/data/objects/cd/cde", 0, b"", ("x",))],
+    list(range(300)),
+]
+
+
+def fed(frames: Frames, pieces: list[bytes]) -> list[object]:
+    return [value for piece in pieces for value in frames.feed(piece)]
+
+
+def test_frames_fed_byte_by_byte_come_out_whole_and_in_order() -> None:
+    stream = b"".join(encode(batch) for batch in BATCHES)
+    assert fed(Frames(), [stream[n:n + 1] for n in range(len(stream))]) == BATCHES
+
+
+def test_several_frames_in_one_feed_come_out_in_order() -> None:
+    frames = Frames()
+    assert frames.feed(b"".join(encode(batch) for batch in BATCHES)) == BATCHES
+    assert frames.feed(b"") == []  # nothing left behind
+
+
+def test_a_frame_whose_header_is_split_waits_for_the_rest() -> None:
+    first, second = encode(BATCHES[0]), encode(BATCHES[1])
+    frames = Frames()
+    assert frames.feed(first + second[:2]) == [BATCHES[0]]  # two of the four header bytes
+    assert frames.feed(second[2:3]) == []
+    assert frames.feed(second[3:-1]) == []  # the header whole, the body short by one
+    assert frames.feed(second[-1:]) == [BATCHES[1]]
+
+
+@given(
+    values=st.lists(st.one_of(st.binary(max_size=600), st.integers(), st.text(max_size=30)), max_size=8),
+    data=st.data(),
+)
+def test_frames_come_out_whole_and_in_order_however_the_stream_is_split(values: list, data: st.DataObject) -> None:
+    stream = b"".join(encode(value) for value in values)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    pieces = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    assert fed(Frames(), pieces) == values
+
+
+# -- the child's one batch ----------------------------------------------------------
+
+FIRST, SECOND, THIRD = b"first-", b"second-", b"third"
+
+
+async def objects_with_two_appends(data_dir: Path, keys: tuple[str, ...]) -> None:
+    """Each key: FIRST, then two acknowledged appends (so its row keeps the state before the last)."""
+    async with open_storage(data_dir) as storage:
+        await storage.create_bucket("b")
+        for key in keys:
+            await storage.write_object("b", key, body(FIRST), offset=0)
+            await storage.write_object("b", key, body(SECOND), offset=len(FIRST))
+            await storage.write_object("b", key, body(THIRD), offset=len(FIRST + SECOND))
+
+
+def object_row(conn: sqlite3.Connection, key: str) -> dict[str, object]:
+    """Every column of the key's row, the prev_ ones included."""
+    cursor = conn.execute("SELECT * FROM objects WHERE bucket = 'b' AND key = ?", (key,))
+    return dict(zip([column[0] for column in cursor.description], cursor.fetchone()))
+
+
+STATE = ("file_id", "size", "etag", "last_modified", "crc32", "appends", "checksum")
+
+
+def state(row: dict[str, object]) -> tuple:
+    return tuple(row[name] for name in STATE)
+
+
+def append_job(conn: sqlite3.Connection, data_dir: Path, job_id: int, key: str, tail: bytes, file_id: str | None = None) -> tuple:
+    """A job as the server sends it: (id, data file, offset, tail, the object's new row).
+    ``file_id``: the data file the row names (by default the object's own)."""
+    current = index.get_object(conn, "b", key)
+    assert current is not None
+    info = current.info
+    new = dataclasses.replace(
+        info, size=info.size + len(tail), etag=f"etag-after-{job_id}", last_modified=info.last_modified + 1,
+        crc32=zlib.crc32(tail, info.crc32), appends=info.appends + 1,
+    )  # fmt: skip
+    path = DataFiles(data_dir / "objects", durable=True).path(current.file_id)
+    return (job_id, path, info.size, tail, index.appended_row(new, file_id or current.file_id))
+
+
+@contextmanager
+def appender(data_dir: Path) -> Iterator[tuple[sqlite3.Connection, _WriteFds]]:
+    """The child's connection and write fds, closed after."""
+    conn, fds = index.connect_appender(data_dir / "index.sqlite3"), _WriteFds()
+    try:
+        yield conn, fds
+    finally:
+        for path in [str(p) for p in (data_dir / "objects").glob("*/*")]:
+            fds.forget(path)
+        conn.close()
+
+
+async def test_a_failed_flush_refuses_the_whole_batch_and_puts_back_only_its_own_appends(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    await objects_with_two_appends(data_dir, ("k", "j", "untouched"))
+    with appender(data_dir) as (conn, fds):
+        before = {key: object_row(conn, key) for key in ("k", "j", "untouched")}
+        assert before["k"]["prev_size"] == len(FIRST + SECOND)  # the earlier append's previous state, still kept
+        jobs = [append_job(conn, data_dir, 7, "k", b"-lost"), append_job(conn, data_dir, 8, "j", b"-lost too")]
+        flushed = []
+
+        def failing_flush(paths: list[str]) -> None:
+            flushed.append(paths)
+            raise OSError(5, "Input/output error")
+
+        errors = commit_batch(conn, fds, failing_flush, jobs)
+        assert flushed == [[jobs[0][1], jobs[1][1]]]
+        assert sorted(errors) == [7, 8]
+        assert all(error.startswith("flush after commit: ") and "Input/output error" in error for error in errors.values())
+        after = {key: object_row(conn, key) for key in ("k", "j", "untouched")}
+        for key in ("k", "j"):
+            # Back to the state before this batch (the earlier, acknowledged append stays), nothing left to check.
+            assert state(after[key]) == state(before[key])
+            assert after[key]["size"] == len(FIRST + SECOND + THIRD)
+            assert after[key]["prev_size"] is None
+        assert after["untouched"] == before["untouched"]  # not in the batch: its kept state too
+    async with open_storage(data_dir) as storage:  # and recovery agrees: the refused bytes are not the object's
+        for key in ("k", "j"):
+            assert await content(storage, key) == FIRST + SECOND + THIRD
+        assert (await storage.write_object("b", "k", body(b"+next"), offset=len(FIRST + SECOND + THIRD))).size == 23
+        assert await content(storage, "k") == FIRST + SECOND + THIRD + b"+next"
+
+
+async def test_a_job_whose_row_does_not_match_is_refused_alone(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    await objects_with_two_appends(data_dir, ("k", "j"))
+    with appender(data_dir) as (conn, fds):
+        before = {key: object_row(conn, key) for key in ("k", "j")}
+        good = append_job(conn, data_dir, 1, "k", b"+landed")
+        stray = append_job(conn, data_dir, 2, "j", b"+stray", file_id="0" * 32)  # not j's data file
+        flushed = []
+
+        def flush(paths: list[str]) -> None:
+            flushed.append(paths)
+            for path in paths:
+                os.fdatasync(fds.get(path))
+
+        errors = commit_batch(conn, fds, flush, [good, stray])
+        assert list(errors) == [2]
+        assert errors[2] == "append to b/j found no row for its data file"
+        assert flushed == [[good[1]]]  # only what was committed
+        k = object_row(conn, "k")
+        assert (k["size"], k["etag"], k["appends"]) == (len(FIRST + SECOND + THIRD) + 7, "etag-after-1", 4)
+        assert state({**k, **{name: k[f"prev_{name}"] for name in STATE[1:]}}) == state(before["k"])  # kept for recovery
+        assert object_row(conn, "j") == before["j"]
+    async with open_storage(data_dir) as storage:
+        assert await content(storage, "k") == FIRST + SECOND + THIRD + b"+landed"
+        assert await content(storage, "j") == FIRST + SECOND + THIRD
+
+
+# -- the server's side: acknowledgements wait for the child ------------------------------
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) inside the block, always continued after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answers(tmp_path: Path) -> None:
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        await storage.write_object("b", "k", body(b"first"), offset=0)
+        process = storage._committer._process
+        assert process is not None
+        appended, seen = [], []
+
+        async def append() -> None:
+            appended.append(await storage.write_object("b", "k", body(b"-second"), offset=5))
+
+        async def head() -> None:
+            seen.append(await storage.head_object("b", "k"))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                with stopped(process.pid):
+                    nursery.start_soon(append)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert len(process._jobs) == 1  # handed to the child, not to the threads
+                    nursery.start_soon(head)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert appended == [] and seen == []
+        assert [info.size for info in appended] == [12]
+        assert [info.size for info in seen] == [12]
+        assert seen[0].etag == appended[0].etag
+        assert await content(storage) == b"first-second"
+
+
+# -- the child killed while appends stream ------------------------------------------
+
+WRITERS = 4
+APPENDS = 40  # per writer
+KILL_AFTER = 12  # acknowledged appends, all writers together
+
+
+async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    keys = [f"w{n}" for n in range(WRITERS)]
+    acknowledged: dict[str, list[bytes]] = {key: [b"start;"] for key in keys}
+    refused: list[tuple[str, bytes, str]] = []
+    enough = trio.Event()
+    with capture_logs() as logs:
+        async with open_storage(data_dir) as storage:
+            await storage.create_bucket("b")
+            for key in keys:
+                await storage.write_object("b", key, body(b"start;"), offset=0)
+            process = storage._committer._process
+            assert process is not None
+
+            async def writer(key: str) -> None:
+                """A client: on an error it asks HEAD where the object stands and goes on from there."""
+                size = len(b"start;")
+                for n in range(APPENDS):
+                    data = f"{key}:{n};".encode()
+                    try:
+                        size = (await storage.write_object("b", key, body(data), offset=size)).size
+                    except OSError as exc:
+                        refused.append((key, data, str(exc)))
+                        size = (await storage.head_object("b", key)).size
+                        continue
+                    acknowledged[key].append(data)
+                    if sum(map(len, acknowledged.values())) - WRITERS >= KILL_AFTER:
+                        enough.set()
+
+            async def killer() -> None:
+                await enough.wait()
+                os.kill(process.pid, signal.SIGKILL)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(killer)
+                    for key in keys:
+                        nursery.start_soon(writer, key)
+            assert storage._committer._process is None  # the threads took over
+            for key in keys:  # and appends still land
+                data = f"{key}:after;".encode()
+                size = len(b"".join(acknowledged[key]))
+                assert (await storage.write_object("b", key, body(data), offset=size)).size == size + len(data)
+                acknowledged[key].append(data)
+            for key in keys:
+                assert await content(storage, key) == b"".join(acknowledged[key]), refused
+        close_pipes(process)  # left open by the storage: test_a_dead_childs_pipes_are_closed
+        async with open_storage(data_dir) as storage:  # recovery keeps exactly the acknowledged bytes
+            for key in keys:
+                assert await content(storage, key) == b"".join(acknowledged[key]), refused
+    ended = [event for event in logs if event["event"] == "storage_commit_process_ended"]
+    assert [event["pid"] for event in ended] == [process.pid]
+
+
+def close_pipes(process: CommitProcess) -> None:
+    for pipe in (process._proc.stdin, process._proc.stdout):
+        assert pipe is not None
+        pipe.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a child that died while the server runs keeps its two pipes open until the run ends")
+async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        await storage.write_object("b", "k", body(b"first"), offset=0)
+        process = storage._committer._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
+        try:  # handed to the dead child (then settled by the server) or to the threads: either way after its end
+            await storage.write_object("b", "k", body(b"-second"), offset=5)
+        except OSError:
+            pass
+        assert storage._committer._process is None
+    try:
+        assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
+    finally:
+        close_pipes(process)
+
+
+# -- the child and the server process --------------------------------------------------
+
+
+def child_pid(server: ServerProcess) -> int:
+    (started,) = [event for event in server.events if event.get("event") == "storage_commit_process_started"]
+    pid = int(started["pid"])
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid  # the server's own child
+    return pid
+
+
+def ends_within(pid: int, timeout: float) -> bool:
+    """Whether the process has ended (a zombie holds no lock either) within ``timeout`` seconds."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)  # readable once it has exited
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
+def append_over_http(server: ServerProcess, data: bytes) -> None:
+    """A bucket and one small append to a new object in it (an append through the child)."""
+    with httpx.Client(base_url=server.url, auth=SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION), timeout=30) as client:
+        assert client.put("/logs").status_code == 200
+        assert client.put("/logs/app.log", content=data, headers={"x-amz-write-offset-bytes": "0"}).status_code == 200
+        assert client.put("/logs/app.log", content=data, headers={"x-amz-write-offset-bytes": str(len(data))}).status_code == 200
+
+
+def test_the_child_dies_with_a_killed_server_and_a_restarted_server_starts(make_server, tmp_path: Path) -> None:
+    server = make_server(data_dir=tmp_path / "data")
+    pid = child_pid(server)
+    server.kill()
+    assert ends_within(pid, 10)
+    server.start()  # the same data dir: its lock is free again
+    assert child_pid(server) != pid
+
+
+def test_a_clean_stop_ends_the_child_and_exits_zero(make_server, tmp_path: Path) -> None:
+    server = make_server(data_dir=tmp_path / "data")
+    pid = child_pid(server)
+    append_over_http(server, b"line\n")  # answered: the server handles SIGTERM by now
+    assert server.stop() == 0
+    assert ends_within(pid, 10)
+    assert [event["event"] for event in server.events][-1] == "stopped"
+
+
+# -- the data dir's lock -------------------------------------------------------------------
+
+
+@contextmanager
+def lock_held_elsewhere(data_dir: Path) -> Iterator[int]:
+    """The data dir's lock taken through another open file description (as another process would)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def test_the_lock_is_taken_once_its_holder_lets_go(tmp_path: Path) -> None:
+    releasing = threading.Event()
+    with lock_held_elsewhere(tmp_path) as held:
+
+        def release() -> None:
+            releasing.set()  # before the unlock: whoever gets the lock sees it set
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+        timer = threading.Timer(0.1, release)
+        timer.start()
+        try:
+            fd = _lock_data_dir(tmp_path, wait=0.5)
+            assert releasing.is_set()  # it waited for the holder
+        finally:
+            timer.join()
+        os.close(fd)
+
+
+def test_a_lock_held_past_the_wait_refuses_to_start(tmp_path: Path) -> None:
+    with lock_held_elsewhere(tmp_path):
+        with pytest.raises(RuntimeError, match="in use by another process"):
+            _lock_data_dir(tmp_path, wait=0.2)
