@@ -31,9 +31,9 @@ from structlog.testing import capture_logs
 from server import index
 from server.commit_process import CommitProcess, Frames, _WriteFds, commit_batch, encode
 from server.datafiles import DataFiles
-from server.storage import _lock_data_dir, open_storage
-from tests.server.test_unflushed_appends import body, content
+from server.storage import Storage, _lock_data_dir, open_storage
 from sink.sigv4 import SigV4Auth
+from tests.server.test_unflushed_appends import body, content
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
 
 # -- framing ----------------------------------------------------------------------
@@ -165,13 +165,15 @@ async def test_a_failed_flush_refuses_the_whole_batch_and_puts_back_only_its_own
         assert await content(storage, "k") == FIRST + SECOND + THIRD + b"+next"
 
 
-async def test_a_job_whose_row_does_not_match_is_refused_alone(tmp_path: Path) -> None:
+async def test_jobs_whose_row_does_not_match_or_whose_file_cannot_be_written_are_refused_alone(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    await objects_with_two_appends(data_dir, ("k", "j"))
+    await objects_with_two_appends(data_dir, ("k", "j", "u"))
     with appender(data_dir) as (conn, fds):
-        before = {key: object_row(conn, key) for key in ("k", "j")}
+        before = {key: object_row(conn, key) for key in ("k", "j", "u")}
         good = append_job(conn, data_dir, 1, "k", b"+landed")
         stray = append_job(conn, data_dir, 2, "j", b"+stray", file_id="0" * 32)  # not j's data file
+        missing = str(data_dir / "objects" / "gone")
+        unwritable = (3, missing, *append_job(conn, data_dir, 3, "u", b"+unwritten")[2:])
         flushed = []
 
         def flush(paths: list[str]) -> None:
@@ -179,17 +181,20 @@ async def test_a_job_whose_row_does_not_match_is_refused_alone(tmp_path: Path) -
             for path in paths:
                 os.fdatasync(fds.get(path))
 
-        errors = commit_batch(conn, fds, flush, [good, stray])
-        assert list(errors) == [2]
+        errors = commit_batch(conn, fds, flush, [good, stray, unwritable])
+        assert sorted(errors) == [2, 3]
         assert errors[2] == "append to b/j found no row for its data file"
+        assert errors[3].startswith(f"writing {missing} at {len(FIRST + SECOND + THIRD)}: FileNotFoundError")
         assert flushed == [[good[1]]]  # only what was committed
         k = object_row(conn, "k")
         assert (k["size"], k["etag"], k["appends"]) == (len(FIRST + SECOND + THIRD) + 7, "etag-after-1", 4)
         assert state({**k, **{name: k[f"prev_{name}"] for name in STATE[1:]}}) == state(before["k"])  # kept for recovery
         assert object_row(conn, "j") == before["j"]
+        assert object_row(conn, "u") == before["u"]
     async with open_storage(data_dir) as storage:
         assert await content(storage, "k") == FIRST + SECOND + THIRD + b"+landed"
         assert await content(storage, "j") == FIRST + SECOND + THIRD
+        assert await content(storage, "u") == FIRST + SECOND + THIRD
 
 
 # -- the server's side: acknowledgements wait for the child ------------------------------
@@ -203,6 +208,32 @@ def stopped(pid: int) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def ends_within(pid: int, timeout: float) -> bool:
+    """Whether the process has ended (a zombie holds no lock either) within ``timeout`` seconds."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)  # readable once it has exited
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
+async def let_go_of_the_child(storage: Storage) -> None:
+    """Wait (10 s at most) until the storage has seen its child end and settled its appends."""
+    with trio.fail_after(10):
+        while storage._committer._process is not None:
+            await trio.sleep(0.001)
+
+
+def close_pipes(process: CommitProcess) -> None:
+    for pipe in (process._proc.stdin, process._proc.stdout):
+        assert pipe is not None
+        pipe.close()
 
 
 async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answers(tmp_path: Path) -> None:
@@ -279,7 +310,7 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
                     nursery.start_soon(killer)
                     for key in keys:
                         nursery.start_soon(writer, key)
-            assert storage._committer._process is None  # the threads took over
+            await let_go_of_the_child(storage)  # the threads took over
             for key in keys:  # and appends still land
                 data = f"{key}:after;".encode()
                 size = len(b"".join(acknowledged[key]))
@@ -295,12 +326,6 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
     assert [event["pid"] for event in ended] == [process.pid]
 
 
-def close_pipes(process: CommitProcess) -> None:
-    for pipe in (process._proc.stdin, process._proc.stdout):
-        assert pipe is not None
-        pipe.close()
-
-
 @pytest.mark.xfail(strict=True, reason="a child that died while the server runs keeps its two pipes open until the run ends")
 async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "data") as storage:
@@ -310,11 +335,7 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
         assert process is not None
         os.kill(process.pid, signal.SIGKILL)
         assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
-        try:  # handed to the dead child (then settled by the server) or to the threads: either way after its end
-            await storage.write_object("b", "k", body(b"-second"), offset=5)
-        except OSError:
-            pass
-        assert storage._committer._process is None
+        await let_go_of_the_child(storage)
     try:
         assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
     finally:
@@ -332,34 +353,28 @@ def child_pid(server: ServerProcess) -> int:
     return pid
 
 
-def ends_within(pid: int, timeout: float) -> bool:
-    """Whether the process has ended (a zombie holds no lock either) within ``timeout`` seconds."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout)  # readable once it has exited
-        return bool(readable)
-    finally:
-        os.close(pidfd)
+def client(server: ServerProcess) -> httpx.Client:
+    return httpx.Client(base_url=server.url, auth=SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION), timeout=30)
 
 
 def append_over_http(server: ServerProcess, data: bytes) -> None:
-    """A bucket and one small append to a new object in it (an append through the child)."""
-    with httpx.Client(base_url=server.url, auth=SigV4Auth(ACCESS_KEY, SECRET_KEY, REGION), timeout=30) as client:
-        assert client.put("/logs").status_code == 200
-        assert client.put("/logs/app.log", content=data, headers={"x-amz-write-offset-bytes": "0"}).status_code == 200
-        assert client.put("/logs/app.log", content=data, headers={"x-amz-write-offset-bytes": str(len(data))}).status_code == 200
+    """The bucket "logs" and its object "app.log": ``data`` twice, the second an append through the child."""
+    with client(server) as http:
+        assert http.put("/logs").status_code == 200
+        for offset in (0, len(data)):
+            assert http.put("/logs/app.log", content=data, headers={"x-amz-write-offset-bytes": str(offset)}).status_code == 200
 
 
 def test_the_child_dies_with_a_killed_server_and_a_restarted_server_starts(make_server, tmp_path: Path) -> None:
     server = make_server(data_dir=tmp_path / "data")
     pid = child_pid(server)
+    append_over_http(server, b"line\n")
     server.kill()
     assert ends_within(pid, 10)
     server.start()  # the same data dir: its lock is free again
     assert child_pid(server) != pid
+    with client(server) as http:
+        assert http.get("/logs/app.log").content == b"line\nline\n"  # acknowledged before the kill: kept
 
 
 def test_a_clean_stop_ends_the_child_and_exits_zero(make_server, tmp_path: Path) -> None:
