@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from server.commit_process import CommitProcess, Frames, _WriteFds, commit_batch
 from server.datafiles import DataFiles
 from server.storage import Storage, _lock_data_dir, open_storage
 from sink.sigv4 import SigV4Auth
-from tests.server.test_unflushed_appends import body, content
+from tests.server.test_unflushed_appends import body, content, data_file
 from tests.support import ACCESS_KEY, REGION, SECRET_KEY, ServerProcess
 
 # -- framing ----------------------------------------------------------------------
@@ -263,6 +263,110 @@ async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answe
         assert [info.size for info in seen] == [12]
         assert seen[0].etag == appended[0].etag
         assert await content(storage) == b"first-second"
+
+
+# -- a flush that fails in the child ----------------------------------------------------
+
+# Loaded by the child at start-up (site imports ``sitecustomize`` from PYTHONPATH): while the
+# file "fail" is in the faults dir, its flush after a commit fails as a dying disk's would,
+# first waiting for the test if the FIFOs "entered" and "release" are there too.
+FAULTY_SYNCFS = """
+import errno, os
+import server.datafiles
+
+FAULTS = os.environ["TAILBUCKET_TEST_FAULTS"]
+real_syncfs = server.datafiles.syncfs
+
+def syncfs(fd):
+    if not os.path.exists(os.path.join(FAULTS, "fail")):
+        return real_syncfs(fd)
+    if os.path.exists(os.path.join(FAULTS, "release")):
+        with open(os.path.join(FAULTS, "entered"), "wb") as fifo:
+            fifo.write(b"x")
+        with open(os.path.join(FAULTS, "release"), "rb") as fifo:
+            fifo.read(1)
+    raise OSError(errno.EIO, "syncfs: Input/output error (injected by the test)")
+
+server.datafiles.syncfs = syncfs
+"""
+
+
+@pytest.fixture
+def faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A faults dir for the children started in this test (see FAULTY_SYNCFS)."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(FAULTY_SYNCFS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(faults), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TAILBUCKET_TEST_FAULTS", str(faults))
+    return faults
+
+
+async def test_an_append_whose_flush_fails_in_the_child_is_refused_and_put_back(tmp_path: Path, faults: Path) -> None:
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        before = await storage.write_object("b", "k", body(b"first"), offset=0)
+        (faults / "fail").touch()
+        with pytest.raises(OSError, match="flush after commit: .*injected by the test"):
+            await storage.write_object("b", "k", body(b"-lost"), offset=5)
+        assert await storage.head_object("b", "k") == before
+        assert data_file(tmp_path / "data").stat().st_size == 5  # the child's bytes taken back too
+        (faults / "fail").unlink()
+        assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
+        assert await content(storage) == b"first-second"
+        assert storage._committer._process is not None  # a refusal, not the child's end
+    async with open_storage(tmp_path / "data") as storage:
+        assert await content(storage) == b"first-second"
+
+
+@pytest.mark.xfail(strict=True, reason="a flush failure in the child does not count in GroupCommitter.flush_failures, "
+                   "so Storage._read_settled keeps a read that saw the refused append's commit")
+async def test_a_head_that_read_a_commit_whose_flush_fails_in_the_child_reads_again(tmp_path: Path, faults: Path) -> None:
+    """The HEAD's read runs between the child's commit and its failed flush (it starts before
+    the append, and waits for a worker thread until the commit is there)."""
+    for fifo in ("entered", "release"):
+        os.mkfifo(faults / fifo)
+    own_thread = trio.CapacityLimiter(2)  # the test's own waits, past the held default limiter
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        before = await storage.write_object("b", "k", body(b"first"), offset=0)
+        (faults / "fail").touch()
+        threads = trio.to_thread.current_default_thread_limiter()
+        holders = [object() for _ in range(int(threads.total_tokens))]
+        for holder in holders:
+            await threads.acquire_on_behalf_of(holder)
+        seen, refused = [], []
+
+        async def head() -> None:
+            seen.append(await storage.head_object("b", "k"))
+
+        async def append() -> None:
+            with pytest.raises(OSError, match="flush after commit") as refusal:
+                await storage.write_object("b", "k", body(b"-lost"), offset=5)
+            refused.append(refusal.value)
+
+        async def in_own_thread(call: Callable[[], object]) -> None:
+            await trio.to_thread.run_sync(call, limiter=own_thread, abandon_on_cancel=True)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                flushing = False
+                try:
+                    nursery.start_soon(head)
+                    await trio.testing.wait_all_tasks_blocked()  # past its first wait: its read waits for a thread
+                    nursery.start_soon(append)
+                    await in_own_thread((faults / "entered").read_bytes)  # the child committed, and holds its flush
+                    flushing = True
+                    threads.release_on_behalf_of(holders.pop())  # the read runs: the commit is there
+                    await trio.testing.wait_all_tasks_blocked()
+                finally:
+                    for holder in holders:
+                        threads.release_on_behalf_of(holder)
+                    if flushing:
+                        await in_own_thread(lambda: (faults / "release").write_bytes(b"x"))
+        assert len(refused) == 1
+        assert seen == [before]  # what HEAD reports is durable: not the refused append
+        (faults / "fail").unlink()
 
 
 # -- the child killed while appends stream ------------------------------------------
