@@ -265,6 +265,35 @@ async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answe
         assert await content(storage) == b"first-second"
 
 
+async def test_appends_that_overflow_the_pipe_to_a_stopped_child_all_land_in_order(tmp_path: Path) -> None:
+    """The frames the pipe cannot take wait in ``_unsent`` and go out as it drains."""
+    keys = [f"k{n:02}" for n in range(40)]
+    tails = {key: os.urandom(60 * 1024) for key in keys}  # 2.4 MB of tails: more than the pipe holds
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        for key in keys:
+            await storage.write_object("b", key, body(b"head;"), offset=0)
+        process = storage._committer._process
+        assert process is not None
+        sizes = {}
+
+        async def append(key: str) -> None:
+            sizes[key] = (await storage.write_object("b", key, body(tails[key]), offset=5)).size
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                with stopped(process.pid):
+                    for key in keys:
+                        nursery.start_soon(append, key)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert len(process._jobs) == len(keys) and process._unsent  # all handed over, some still to write
+                    assert sizes == {}
+        assert sizes == {key: 5 + len(tails[key]) for key in keys}
+        for key in keys:
+            assert await content(storage, key) == b"head;" + tails[key]
+        assert storage._committer._process is process  # the child lived through it
+
+
 # -- a flush that fails in the child ----------------------------------------------------
 
 # Loaded by the child at start-up (site imports ``sitecustomize`` from PYTHONPATH): while the
@@ -367,6 +396,35 @@ async def test_a_head_that_read_a_commit_whose_flush_fails_in_the_child_reads_ag
         assert len(refused) == 1
         assert seen == [before]  # what HEAD reports is durable: not the refused append
         (faults / "fail").unlink()
+
+
+async def test_an_append_the_child_committed_before_it_was_killed_lands(tmp_path: Path, faults: Path) -> None:
+    """Killed between its commit and its flush, the child leaves the append to the server:
+    the index holds its row, so one flush of the server's makes it durable and it is acknowledged."""
+    for fifo in ("entered", "release"):
+        os.mkfifo(faults / fifo)
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        await storage.write_object("b", "k", body(b"first"), offset=0)
+        process = storage._committer._process
+        assert process is not None
+        (faults / "fail").touch()  # the child holds its flush (and would fail it): it is killed before
+        appended = []
+
+        async def append() -> None:
+            appended.append(await storage.write_object("b", "k", body(b"-second"), offset=5))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(append)
+                await trio.to_thread.run_sync((faults / "entered").read_bytes, abandon_on_cancel=True)
+                os.kill(process.pid, signal.SIGKILL)
+        await let_go_of_the_child(storage)
+        close_pipes(process)  # left open by the storage: test_a_dead_childs_pipes_are_closed
+        assert [info.size for info in appended] == [12]
+        assert await content(storage) == b"first-second"
+    async with open_storage(tmp_path / "data") as storage:
+        assert await content(storage) == b"first-second"
 
 
 # -- the child killed while appends stream ------------------------------------------
