@@ -294,6 +294,32 @@ async def test_appends_that_overflow_the_pipe_to_a_stopped_child_all_land_in_ord
         assert storage._committer._process is process  # the child lived through it
 
 
+def deleted_files_open_in(pid: int) -> list[str]:
+    """The unlinked data files that process ``pid`` still holds open (their space is not freed)."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return [link for link in links if link.endswith(" (deleted)") and "/objects/" in link]
+
+
+@pytest.mark.xfail(strict=True, reason="the child keeps the write fds of deleted and replaced data files "
+                   "(up to OPEN_FDS of them), so their disk space is not freed")
+async def test_the_child_lets_go_of_deleted_and_replaced_data_files(tmp_path: Path) -> None:
+    async with open_storage(tmp_path / "data") as storage:
+        await storage.create_bucket("b")
+        for key in ("deleted", "replaced"):
+            await storage.write_object("b", key, body(b"first"), offset=0)
+            await storage.write_object("b", key, body(b"-second"), offset=5)  # the child opens its data file
+        process = storage._committer._process
+        assert process is not None
+        await storage.delete_object("b", "deleted")
+        await storage.write_object("b", "replaced", body(b"new"), offset=None)
+        assert deleted_files_open_in(process.pid) == []
+
+
 # -- a flush that fails in the child ----------------------------------------------------
 
 # Loaded by the child at start-up (site imports ``sitecustomize`` from PYTHONPATH): while the
