@@ -616,6 +616,22 @@ def test_a_clean_stop_ends_the_child_and_exits_zero(make_server, tmp_path: Path)
     assert [event["event"] for event in server.events][-1] == "stopped"
 
 
+@pytest.mark.parametrize("options", [{}, {"fsync": False}, {"commit_process": False}], ids=["default", "nofsync", "off"])
+async def test_only_durable_storage_starts_a_child_by_default(tmp_path: Path, options: dict[str, bool]) -> None:
+    with capture_logs() as logs:
+        async with open_storage(tmp_path / "data", **options) as storage:
+            await storage.create_bucket("b")
+            await storage.write_object("b", "k", body(b"first"), offset=0)
+            assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
+            process = storage._committer._process
+    started = [event["pid"] for event in logs if event["event"] == "storage_commit_process_started"]
+    if options:
+        assert process is None and started == []
+    else:
+        assert process is not None and started == [process.pid]
+        assert ends_within(process.pid, 10)  # ended with the storage
+
+
 # -- the data dir's lock -------------------------------------------------------------------
 
 
