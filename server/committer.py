@@ -151,7 +151,7 @@ class GroupCommitter:
         self._closed = False
         self.batches = 0
         self.jobs = 0
-        self.flush_failures = 0  # flushes after a commit that failed (their appends were put back)
+        self.flush_failures = 0  # commits put back after a reader may have seen them (a failed flush after the commit)
         self._outbox: list[CommitJob] = []  # submitted during this turn of the event loop
         self._done: collections.deque[list[CommitJob]] = collections.deque()  # finished batches, writers parked
         self._loop_may_sleep = False  # the event loop is in (or entering) an I/O wait that may block
@@ -206,9 +206,10 @@ class GroupCommitter:
             raise job.error
         return job.result
 
-    def detach(self) -> None:
+    async def detach(self) -> None:
         """Leave the event loop's turns (in the trio thread, before ``close``): jobs
-        are handed over at once and writers woken through ``run_sync_soon``."""
+        are handed over at once and writers woken through ``run_sync_soon``; the
+        commit process ends (call it once no job is in flight)."""
         if self._turns is not None:
             try:
                 trio.lowlevel.remove_instrument(self._turns)
@@ -217,12 +218,12 @@ class GroupCommitter:
             self._turns = None
             self._hand_over()
             self._wake_finished()
+        if self._process is not None:
+            await self._process.aclose()
 
     def close(self) -> None:
         """Finish the queued jobs and stop the thread (blocking: call from a worker thread)."""
         self._closed = True
-        if self._process is not None:
-            self._process.close()
         self._inbox.close()  # the flusher then closes the indexer's pipe
         for thread in self._threads:
             thread.join()
@@ -274,6 +275,7 @@ class GroupCommitter:
         if error is not None:
             pending = job.pending
             log.error("storage_commit_failed", error=error, file_id=pending.file_id if pending else None)
+            self.flush_failures += 1  # its commit may have been visible before the child put it back
             _refuse([job], OSError(error))
         _wake([job])
 
@@ -289,9 +291,10 @@ class GroupCommitter:
                 landed = [job for job in jobs if index.has_appended_row(self._conn, job.appended)]  # type: ignore[arg-type]
                 _refuse([job for job in jobs if job not in landed], OSError("the commit process ended before this append's commit"))
                 try:
-                    self._flush_after_commit([])  # type: ignore[misc]
+                    self._flush_after_commit([job.pending for job in landed])  # type: ignore[misc]
                 except Exception as exc:  # only the rows found: an object's earlier append keeps its state too
                     log.error("storage_flush_failed", error=repr(exc), jobs=len(landed))
+                    self.flush_failures += 1
                     index.roll_back_appends(self._conn, [job.appended[6:9] for job in landed])  # type: ignore[index]
                     _refuse(landed, exc)
 

@@ -166,7 +166,7 @@ class Storage:
             return
         self._closed = True
         self._slots.close()
-        self._committer.detach()
+        await self._committer.detach()
 
         def close() -> None:
             if self.uploads is not None:
