@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from server import index
-from server.commit_process import CommitProcess, Frames, _WriteFds, commit_batch, encode
+from server.commit_process import Frames, _WriteFds, commit_batch, encode
 from server.datafiles import DataFiles, PendingWrite
 from server.records import ObjectInfo
 from server.storage import Storage, _lock_data_dir, open_storage
@@ -233,12 +233,6 @@ async def let_go_of_the_child(storage: Storage) -> None:
             await trio.sleep(0.001)
 
 
-def close_pipes(process: CommitProcess) -> None:
-    for pipe in (process._proc.stdin, process._proc.stdout):
-        assert pipe is not None
-        pipe.close()
-
-
 async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answers(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "data") as storage:
         await storage.create_bucket("b")
@@ -308,8 +302,6 @@ def deleted_files_open_in(pid: int) -> list[str]:
     return [link for link in links if link.endswith(" (deleted)") and "/objects/" in link]
 
 
-@pytest.mark.xfail(strict=True, reason="the child keeps the write fds of deleted and replaced data files "
-                   "(up to OPEN_FDS of them), so their disk space is not freed")
 async def test_the_child_lets_go_of_deleted_and_replaced_data_files(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "data") as storage:
         await storage.create_bucket("b")
@@ -380,8 +372,6 @@ async def test_an_append_whose_flush_fails_in_the_child_is_refused_and_put_back(
         assert await content(storage) == b"first-second"
 
 
-@pytest.mark.xfail(strict=True, reason="a flush failure in the child does not count in GroupCommitter.flush_failures, "
-                   "so Storage._read_settled keeps a read that saw the refused append's commit")
 async def test_a_head_that_read_a_commit_whose_flush_fails_in_the_child_reads_again(tmp_path: Path, faults: Path) -> None:
     """The HEAD's read runs between the child's commit and its failed flush (it starts before
     the append, and waits for a worker thread until the commit is there)."""
@@ -449,7 +439,6 @@ async def killed_in_its_flush(storage: Storage, faults: Path) -> ObjectInfo:
             await trio.to_thread.run_sync((faults / "entered").read_bytes, abandon_on_cancel=True)
             os.kill(process.pid, signal.SIGKILL)
     await let_go_of_the_child(storage)
-    close_pipes(process)  # left open by the storage: test_a_dead_childs_pipes_are_closed
     return appended[0]
 
 
@@ -465,8 +454,6 @@ async def test_an_append_the_child_committed_before_it_was_killed_lands(tmp_path
         assert await content(storage) == b"first-second"
 
 
-@pytest.mark.xfail(strict=True, reason="GroupCommitter._settle_lost flushes with flush_after_commit([]): with the "
-                   "data files on a filesystem of their own, the landed appends' bytes are not flushed before they are acknowledged")
 async def test_with_data_files_elsewhere_an_append_settled_after_the_childs_end_has_its_bytes_flushed(
     tmp_path: Path, faults: Path
 ) -> None:
@@ -548,7 +535,6 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
                 acknowledged[key].append(data)
             for key in keys:
                 assert await content(storage, key) == b"".join(acknowledged[key]), refused
-        close_pipes(process)  # left open by the storage: test_a_dead_childs_pipes_are_closed
         async with open_storage(data_dir) as storage:  # recovery keeps exactly the acknowledged bytes
             for key in keys:
                 assert await content(storage, key) == b"".join(acknowledged[key]), refused
@@ -556,7 +542,6 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
     assert [event["pid"] for event in ended] == [process.pid]
 
 
-@pytest.mark.xfail(strict=True, reason="a child that died while the server runs keeps its two pipes open until the run ends")
 async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "data") as storage:
         await storage.create_bucket("b")
@@ -566,10 +551,7 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
         os.kill(process.pid, signal.SIGKILL)
         assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
         await let_go_of_the_child(storage)
-    try:
-        assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
-    finally:
-        close_pipes(process)
+    assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
 
 
 # -- the child and the server process --------------------------------------------------
