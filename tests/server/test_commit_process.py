@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from server import index
+from server import commit_process, index
 from server.commit_process import Frames, _WriteFds, commit_batch, encode
 from server.datafiles import DataFiles, PendingWrite
 from server.records import ObjectInfo
@@ -132,8 +132,7 @@ def appender(data_dir: Path) -> Iterator[tuple[sqlite3.Connection, _WriteFds]]:
     try:
         yield conn, fds
     finally:
-        for path in [str(p) for p in (data_dir / "objects").glob("*/*")]:
-            fds.forget(path)
+        fds.close_all()
         conn.close()
 
 
@@ -612,6 +611,24 @@ async def test_only_durable_storage_starts_a_child_by_default(tmp_path: Path, op
     else:
         assert process is not None and started == [process.pid]
         assert ends_within(process.pid, 10)  # ended with the storage
+
+
+async def test_a_child_that_does_not_end_when_the_storage_closes_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commit_process, "CLOSE_TIMEOUT", 0.2)
+    with capture_logs() as logs:
+        async with open_storage(tmp_path / "data") as storage:
+            await storage.create_bucket("b")
+            await storage.write_object("b", "k", body(b"first"), offset=0)
+            assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
+            process = storage._committer._process
+            assert process is not None
+            os.kill(process.pid, signal.SIGSTOP)  # it cannot read the end of its input
+        assert ends_within(process.pid, 10)
+    assert [event["pid"] for event in logs if event["event"] == "storage_commit_process_stuck"] == [process.pid]
+    async with open_storage(tmp_path / "data") as storage:  # its lock is free: the storage opens again
+        assert await content(storage) == b"first-second"
 
 
 # -- the data dir's lock -------------------------------------------------------------------
