@@ -553,7 +553,7 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
     assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
 
 
-# -- the child and the server process --------------------------------------------------
+# -- the child's life: started, and ended with its server or storage -----------------------
 
 
 def child_pid(server: ServerProcess) -> int:
