@@ -106,27 +106,29 @@ async def serve(config: ServerConfig, creds: Credentials, *, task_status=trio.TA
         http_config = HTTPConfig(**config.http)
     except TypeError as exc:
         raise ConfigError(f"http: {exc}") from None
-    storage = await Storage.open(config.data_dir, fsync=config.fsync)
-    try:
-        server = HTTPServer(S3App(storage, config, build_keyring(config, creds)), http_config)
-        systemd = Notifier()
-        async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(server.serve, *config.listen)
-            log.info("listening", address=f"{host}:{port}", data_dir=str(config.data_dir), fsync=config.fsync)
-            systemd.ready(f"serving S3 on {host}:{port}, data in {config.data_dir}")
-            watchdog = trio.CancelScope()
-            nursery.start_soon(_run_in, watchdog, systemd.run_watchdog)
-            task_status.started((host, port))
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Caught from the start: a SIGTERM while the storage opens or just after "listening"
+    # stops the server cleanly (storage closed, exit 0) rather than by the default action.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        storage = await Storage.open(config.data_dir, fsync=config.fsync)
+        try:
+            server = HTTPServer(S3App(storage, config, build_keyring(config, creds)), http_config)
+            systemd = Notifier()
+            async with trio.open_nursery() as nursery:
+                host, port = await nursery.start(server.serve, *config.listen)
+                log.info("listening", address=f"{host}:{port}", data_dir=str(config.data_dir), fsync=config.fsync)
+                systemd.ready(f"serving S3 on {host}:{port}, data in {config.data_dir}")
+                watchdog = trio.CancelScope()
+                nursery.start_soon(_run_in, watchdog, systemd.run_watchdog)
+                task_status.started((host, port))
                 async for signum in signals:
                     log.info("stopping", signal=signal.Signals(signum).name)
                     systemd.stopping()
                     server.shutdown()
                     break
-            watchdog.cancel()
-    finally:
-        await storage.aclose()
-        log.info("stopped")
+                watchdog.cancel()
+        finally:
+            await storage.aclose()
+            log.info("stopped")
 
 
 async def _run_in(scope: trio.CancelScope, fn) -> None:
