@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from server.fileio import syncfs, write_at
 from sink.durable import fsync_dir
 
 log = structlog.get_logger()
@@ -131,14 +132,6 @@ class DataFiles:
                 yield name, entry.stat(follow_symlinks=False).st_size
 
 
-def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def write_all_at(fd: int, pieces: Sequence[bytes], offset: int) -> int:
     """Write ``pieces`` one after another at ``offset`` (one pwritev, finishing a
     short write piece by piece); returns the bytes written."""
@@ -237,28 +230,6 @@ class PendingWrite:
             os.ftruncate(self.fd, self.base)
         self.written = self._written_back = 0
         self.touched = False
-
-
-def _load_syncfs() -> Callable[[int], None] | None:
-    """syncfs(2) through libc (ctypes releases the GIL during the call), or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-
-    def syncfs(fd: int) -> None:
-        if function(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"syncfs: {os.strerror(code)}")
-
-    return syncfs
-
-
-syncfs = _load_syncfs()
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:

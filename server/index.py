@@ -24,6 +24,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.appended_rows import (  # noqa: F401 -- has_appended_row .. update_appended_rows: part of this module's API
+    NO_PREV as _NO_PREV,
+    PREV_COLUMNS as _PREV_COLUMNS,
+    connect_appender,
+    has_appended_row,
+    roll_back_appends,
+    update_appended_rows,
+)
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty, NoSuchBucket
 from server.records import ObjectInfo, StoredChecksum
 
@@ -53,10 +61,6 @@ CREATE TABLE IF NOT EXISTS objects (
 """
 
 _OBJECT_COLUMNS = "bucket, key, file_id, size, etag, last_modified, content_type, metadata, system, crc32, appends, checksum"
-# The object's state before its last append, kept only while that append's bytes are unverified
-# (committed before they were flushed); NULL otherwise.
-_PREV_COLUMNS = (("size", "INTEGER"), ("etag", "TEXT"), ("last_modified", "REAL"), ("crc32", "INTEGER"),
-                 ("appends", "INTEGER"), ("checksum", "TEXT"))
 # Columns added since schema version 1: (table, column, declaration), added on open.
 _ADDED_COLUMNS = (
     ("objects", "checksum", "TEXT"), ("buckets", "owner", "TEXT"),
@@ -101,16 +105,6 @@ def connect(path: Path, *, durable: bool, readonly: bool = False, flushed_after_
         if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return conn
-
-
-def connect_appender(path: Path) -> sqlite3.Connection:
-    """A second writing connection, for the commit process (``server.commit_process``):
-    the index is open and migrated already, and every commit is followed by a flush
-    of its filesystem (so synchronous=NORMAL, as ``connect(flushed_after_commit=True)``)."""
-    conn = sqlite3.connect(path, isolation_level=None, cached_statements=64)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
 
@@ -254,9 +248,6 @@ def put_object(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) -> None
         raise NoSuchBucket(resource=info.bucket, BucketName=info.bucket) from exc
 
 
-_NO_PREV = ", ".join(f"prev_{name} = NULL" for name, _ in _PREV_COLUMNS)  # a new data file: nothing to check
-
-
 def appended_row(info: ObjectInfo, file_id: str) -> tuple:
     """An append's new values, in the order ``update_appended_rows`` takes them."""
     checksum = None if info.checksum is None else info.checksum.encode()
@@ -270,48 +261,6 @@ def update_appended(conn: sqlite3.Connection, info: ObjectInfo, file_id: str) ->
         raise RuntimeError(f"append to {info.bucket}/{info.key} found no row for data file {file_id}")
 
 
-_APPEND_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_MAX_APPEND_ROWS = 500  # 10 parameters each, far below SQLite's 32766
-_update_sql: dict[int, str] = {}
-# Keep the row's previous state (read before the SET: SQLite evaluates every expression on the old row)
-# when the append is unflushed (v.column10), else clear it.
-_KEEP_PREV = ", ".join(f"prev_{name} = CASE WHEN v.column10 THEN objects.{name} END" for name, _ in _PREV_COLUMNS)
-
-
-def update_appended_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
-    """Record many appends (``appended_row`` tuples, distinct objects, each with one
-    more value: True when its bytes are not flushed yet, so the row keeps its previous
-    state for recovery to check) with one UPDATE per 500; returns how many rows changed.
-
-    Why one statement: it is one call into SQLite, and the committing thread
-    gives up and takes back the GIL once per call, which costs the event loop
-    more than the update itself.  A row changes only if the object still has
-    that data file.
-    """
-    changed = 0
-    for start in range(0, len(rows), _MAX_APPEND_ROWS):
-        chunk = rows[start:start + _MAX_APPEND_ROWS]
-        sql = _update_sql.get(len(chunk))
-        if sql is None:
-            sql = _update_sql[len(chunk)] = (
-                "UPDATE objects SET size = v.column1, etag = v.column2, last_modified = v.column3, crc32 = v.column4,"
-                f" appends = v.column5, checksum = v.column6, {_KEEP_PREV}"
-                f" FROM (VALUES {', '.join([_APPEND_ROW] * len(chunk))}) AS v"
-                " WHERE objects.bucket = v.column7 AND objects.key = v.column8 AND objects.file_id = v.column9"
-            )
-        changed += conn.execute(sql, [value for row in chunk for value in row]).rowcount
-    return changed
-
-
-def has_appended_row(conn: sqlite3.Connection, row: tuple) -> bool:
-    """Whether the index holds this append (``appended_row``): its data file and ETag."""
-    etag, bucket, key, file_id = row[1], row[6], row[7], row[8]
-    found = conn.execute(
-        "SELECT 1 FROM objects WHERE bucket = ? AND key = ? AND file_id = ? AND etag = ?", (bucket, key, file_id, etag)
-    ).fetchone()
-    return found is not None
-
-
 def unflushed_appends(conn: sqlite3.Connection) -> list[tuple[str, str, str, int, int, int, int]]:
     """(bucket, key, file id, size, crc32, previous size, previous crc32) of every
     object whose last append was committed before its bytes were flushed."""
@@ -319,17 +268,6 @@ def unflushed_appends(conn: sqlite3.Connection) -> list[tuple[str, str, str, int
         "SELECT bucket, key, file_id, size, coalesce(crc32, 0), prev_size, coalesce(prev_crc32, 0) FROM objects"
         " WHERE prev_size IS NOT NULL"
     ).fetchall()
-
-
-def roll_back_appends(conn: sqlite3.Connection, objects: list[tuple[str, str, str]]) -> None:
-    """Put each (bucket, key, file id)'s row back to its state before its last,
-    unflushed append (one statement per row; recovery and failed flushes only)."""
-    restore = ", ".join(f"{name} = prev_{name}" for name, _ in _PREV_COLUMNS)
-    conn.executemany(
-        f"UPDATE objects SET {restore}, {_NO_PREV}"
-        " WHERE bucket = ? AND key = ? AND file_id = ? AND prev_size IS NOT NULL",
-        objects,
-    )
 
 
 def forget_previous_states(conn: sqlite3.Connection) -> None:

@@ -39,7 +39,8 @@ from pathlib import Path
 import structlog
 
 from server import index
-from server.datafiles import DataFiles, syncfs, read_at
+from server.datafiles import DataFiles, read_at
+from server.fileio import syncfs
 from server.records import MiB
 
 log = structlog.get_logger()

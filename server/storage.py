@@ -44,8 +44,9 @@ import trio
 from server import index
 from server.bodies import ObjectReader, receive_body
 from server.committer import CommitJob, GroupCommitter
-from server.datafiles import DataFiles, PendingWrite, syncfs
+from server.datafiles import DataFiles, PendingWrite
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
+from server.fileio import syncfs
 from server.index import IndexedObject
 from server.records import (
     MAX_BODY_SIZE,

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from server import commit_process, index
-from server.commit_process import Frames, _WriteFds, commit_batch, encode
+from server.commit_child import Frames, _WriteFds, commit_batch, encode
 from server.datafiles import DataFiles, PendingWrite
 from server.records import ObjectInfo
 from server.storage import Storage, _lock_data_dir, open_storage
@@ -322,7 +322,7 @@ async def test_the_child_lets_go_of_deleted_and_replaced_data_files(tmp_path: Pa
 # test if the FIFOs "entered" and "release" are there too.
 FAULTY_FLUSH = """
 import errno, os
-import server.datafiles
+import server.fileio
 
 FAULTS = os.environ["TAILBUCKET_TEST_FAULTS"]
 
@@ -338,7 +338,7 @@ def faulty(flush):
         raise OSError(errno.EIO, "Input/output error (injected by the test)")
     return flush_or_fail
 
-server.datafiles.syncfs = faulty(server.datafiles.syncfs)
+server.fileio.syncfs = faulty(server.fileio.syncfs)
 os.fdatasync = faulty(os.fdatasync)
 """
 
