@@ -16,14 +16,13 @@ import errno
 import os
 import queue
 import secrets
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
 
-from server.fileio import syncfs, write_at
+from server.fileio import linux_call, syncfs, write_at
 from sink.durable import fsync_dir
 
 log = structlog.get_logger()
@@ -232,20 +231,7 @@ class PendingWrite:
         self.touched = False
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """sync_file_range(2) through libc (releasing the GIL), or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = linux_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 # <linux/fs.h>: wait for writeback already under way, start it, wait for it
 _SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 

@@ -7,6 +7,7 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -17,16 +18,24 @@ def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-def _load_syncfs() -> Callable[[int], None] | None:
-    """syncfs(2) through libc (ctypes releases the GIL during the call), or None off Linux."""
+def linux_call(name: str, *argtypes: Any) -> Any:
+    """libc's ``name`` (returning int; ctypes releases the GIL during the call), or None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
+    return function
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """syncfs(2), raising OSError on failure, or None off Linux."""
+    function = linux_call("syncfs", ctypes.c_int)
+    if function is None:
+        return None
 
     def syncfs(fd: int) -> None:
         if function(fd) != 0:

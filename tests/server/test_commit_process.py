@@ -48,6 +48,13 @@ BATCHES = [
 ]
 
 
+def child_of(storage: Storage) -> commit_process.CommitProcess:
+    """The storage's commit process (there must be one)."""
+    process = storage._committer._process
+    assert process is not None
+    return process
+
+
 def fed(frames: Frames, pieces: list[bytes]) -> list[object]:
     return [value for piece in pieces for value in frames.feed(piece)]
 
@@ -236,8 +243,7 @@ async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answe
     async with open_storage(tmp_path / "data") as storage:
         await storage.create_bucket("b")
         await storage.write_object("b", "k", body(b"first"), offset=0)
-        process = storage._committer._process
-        assert process is not None
+        process = child_of(storage)
         appended, seen = [], []
 
         async def append() -> None:
@@ -269,8 +275,7 @@ async def test_appends_that_overflow_the_pipe_to_a_stopped_child_all_land_in_ord
         await storage.create_bucket("b")
         for key in keys:
             await storage.write_object("b", key, body(b"head;"), offset=0)
-        process = storage._committer._process
-        assert process is not None
+        process = child_of(storage)
         sizes = {}
 
         async def append(key: str) -> None:
@@ -307,8 +312,7 @@ async def test_the_child_lets_go_of_deleted_and_replaced_data_files(tmp_path: Pa
         for key in ("deleted", "replaced"):
             await storage.write_object("b", key, body(b"first"), offset=0)
             await storage.write_object("b", key, body(b"-second"), offset=5)  # the child opens its data file
-        process = storage._committer._process
-        assert process is not None
+        process = child_of(storage)
         await storage.delete_object("b", "deleted")
         await storage.write_object("b", "replaced", body(b"new"), offset=None)
         assert deleted_files_open_in(process.pid) == []
@@ -424,8 +428,7 @@ async def killed_in_its_flush(storage: Storage, faults: Path) -> ObjectInfo:
     is killed in its flush; the append's outcome."""
     for fifo in ("entered", "release"):
         os.mkfifo(faults / fifo)
-    process = storage._committer._process
-    assert process is not None
+    process = child_of(storage)
     (faults / "fail").touch()  # the child holds its flush (and would fail it): it is killed before
     appended = []
 
@@ -499,8 +502,7 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
             await storage.create_bucket("b")
             for key in keys:
                 await storage.write_object("b", key, body(b"start;"), offset=0)
-            process = storage._committer._process
-            assert process is not None
+            process = child_of(storage)
 
             async def writer(key: str) -> None:
                 """A client: on an error it asks HEAD where the object stands and goes on from there."""
@@ -545,8 +547,7 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "data") as storage:
         await storage.create_bucket("b")
         await storage.write_object("b", "k", body(b"first"), offset=0)
-        process = storage._committer._process
-        assert process is not None
+        process = child_of(storage)
         os.kill(process.pid, signal.SIGKILL)
         assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
         await let_go_of_the_child(storage)
@@ -634,8 +635,7 @@ async def test_a_child_that_does_not_end_when_the_storage_closes_is_killed(
             await storage.create_bucket("b")
             await storage.write_object("b", "k", body(b"first"), offset=0)
             assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
-            process = storage._committer._process
-            assert process is not None
+            process = child_of(storage)
             os.kill(process.pid, signal.SIGSTOP)  # it cannot read the end of its input
         assert ends_within(process.pid, 10)
     assert [event["pid"] for event in logs if event["event"] == "storage_commit_process_stuck"] == [process.pid]
