@@ -16,7 +16,7 @@ the bare server handing over once per turn, 0.44x -> 0.56x at four appends
 The child holds the data dir's lock too, dies with the server and ends at the
 end of its input (``server.commit_child``).  If it dies while the server runs,
 the server settles its appends itself (``GroupCommitter._settle_lost``) and
-goes on with its threads.
+starts another (unless it died young: then the server's threads commit).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class CommitProcess:
         self._unsent = bytearray()
         self._unsent_waiting = trio.Event()
         self.alive = True  # its answers still come
+        self.started = trio.current_time()
         self._closing = False
         self._ended = trio.Event()  # the child has ended and its pipes are closed
         log.info("storage_commit_process_started", pid=self._proc.pid, data_dir=str(data_dir))

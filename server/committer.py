@@ -25,8 +25,9 @@ Small appends skip all three when there is a commit process
 (``server.commit_process``): it writes their bytes, commits them with its own
 connection and flushes, in a process of its own, so with no share of the GIL;
 batches go to it as soon as ``HAND_OVER_AT`` are in, mid-turn.  If it ends,
-its unanswered appends are settled here (``_settle_lost``) and small appends
-go through the stages above from then on.
+its unanswered appends are settled here (``_settle_lost``), small appends go
+through the stages above, and a new process starts (unless the one that ended
+ran less than ``RESTART_AFTER``).
 
 One flush for small appends: given ``flush_after_commit`` (one syncfs of the
 filesystem holding the index and the data files, the WAL at synchronous=NORMAL),
@@ -108,6 +109,7 @@ from server.datafiles import DataFiles, PendingWrite
 
 log = structlog.get_logger()
 
+RESTART_AFTER = 60.0  # seconds a commit process must have run for a new one to replace it when it ends
 UNFLUSHED_MAX = 1024 * 1024  # an append up to this size is flushed after its commit: recovery reads it back
 SYNCERS = 2  # flushes after commits that may run at once (batches in flight between commit and flush)
 
@@ -171,11 +173,8 @@ class GroupCommitter:
         for thread in self._threads:
             thread.start()
         self._process: CommitProcess | None = None
-        if flush_after_commit is not None and lock_fd is not None:
-            try:
-                self._process = CommitProcess(files.root.parent, lock_fd, self._answered, self._settle_lost)
-            except OSError as exc:
-                log.warning("storage_commit_process_failed", error=repr(exc))
+        self._process_args = (files.root.parent, lock_fd) if flush_after_commit is not None and lock_fd is not None else None
+        self._start_process()
 
     def __repr__(self) -> str:
         return f"GroupCommitter(batches={self.batches}, jobs={self.jobs}, closed={self._closed})"
@@ -249,6 +248,13 @@ class GroupCommitter:
             jobs = [job for job in jobs if not job.unflushed]
         self._inbox.put(jobs)
 
+    def _start_process(self) -> None:
+        if self._process_args is not None:
+            try:
+                self._process = CommitProcess(*self._process_args, self._answered, self._settle_lost)
+            except OSError as exc:
+                log.warning("storage_commit_process_failed", error=repr(exc))
+
     def _to_process(self, jobs: list[CommitJob]) -> bool:
         """Send small appends to the commit process; False if they could not go."""
         try:
@@ -280,11 +286,13 @@ class GroupCommitter:
         _wake([job])
 
     async def _settle_lost(self, jobs: list[CommitJob]) -> None:
-        """The commit process ended with ``jobs`` unanswered: from now on the threads
-        commit small appends, and these are settled here.  Its writes and commits
-        are all done, so one flush makes them durable, and then a job whose row the
-        index holds has landed; any other is put back.  If the flush fails, none has."""
-        self._process = None
+        """The commit process ended with ``jobs`` unanswered: the threads commit small
+        appends meanwhile, and these are settled here.  Its writes and commits are
+        all done, so one flush makes them durable, and then a job whose row the
+        index holds has landed; any other is put back.  If the flush fails, none has.
+        Then a new process starts, unless the one that ended ran less than
+        ``RESTART_AFTER`` (one that cannot run is not started again and again)."""
+        ended, self._process = self._process, None
 
         def settle() -> None:
             with self._conn_lock:
@@ -306,6 +314,10 @@ class GroupCommitter:
                 for job in jobs:
                     job.error = job.error or exc
             _wake(jobs)
+        ran = trio.current_time() - ended.started if ended is not None else 0.0
+        if ran >= RESTART_AFTER and self._turns is not None and not self._closed:
+            log.warning("storage_commit_process_restarting", ran_seconds=round(ran))
+            self._start_process()
 
     def _wake_finished(self) -> None:
         """Resume the writers of every finished batch."""

@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from server import commit_process, index
+from server import commit_process, committer, index
 from server.commit_child import Frames, _WriteFds, commit_batch, encode
 from server.datafiles import DataFiles, PendingWrite
 from server.records import ObjectInfo
@@ -552,6 +552,30 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
         assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
         await let_go_of_the_child(storage)
     assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
+
+
+async def test_a_child_that_ran_long_enough_is_replaced_when_it_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESTART_AFTER (60 s) is 0 here: the storage starts a new child, and appends go to it."""
+    monkeypatch.setattr(committer, "RESTART_AFTER", 0.0)
+    with capture_logs() as logs:
+        async with open_storage(tmp_path / "data") as storage:
+            await storage.create_bucket("b")
+            await storage.write_object("b", "k", body(b"first"), offset=0)
+            first = child_of(storage)
+            os.kill(first.pid, signal.SIGKILL)
+            with trio.fail_after(10):
+                while storage._committer._process in (None, first):
+                    await trio.sleep(0.001)
+            second = child_of(storage)
+            assert second.alive and second.pid != first.pid
+            assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
+            assert second._next_id == 1 and not second._jobs  # sent to the new child, and answered
+        assert not second.alive
+    async with open_storage(tmp_path / "data") as storage:
+        assert await content(storage) == b"first-second"
+    events = [event["event"] for event in logs]
+    assert events.count("storage_commit_process_started") == 2
+    assert "storage_commit_process_restarting" in events
 
 
 # -- the child's life: started, and ended with its server or storage -----------------------
