@@ -73,7 +73,7 @@ class CommitProcess:
         self.alive = True  # its answers still come
         self.started = trio.current_time()
         self._closing = False
-        self._ended = trio.Event()  # the child has ended and its pipes are closed
+        self.ended = trio.Event()  # its end is handled: reaped, pipes closed, unanswered jobs given to ``lost``
         log.info("storage_commit_process_started", pid=self._proc.pid, data_dir=str(data_dir))
         trio.lowlevel.spawn_system_task(self._receive, name="commit-process-answers")
         trio.lowlevel.spawn_system_task(self._drain, name="commit-process-sends")
@@ -144,13 +144,15 @@ class CommitProcess:
         status = await trio.to_thread.run_sync(self._proc.wait)
         self._close_pipe(self._proc.stdin)  # type: ignore[arg-type]
         self._close_pipe(self._proc.stdout)  # type: ignore[arg-type]
-        self._ended.set()
-        if expected:
-            return
-        log.error("storage_commit_process_ended", pid=self._proc.pid, status=status, jobs=len(self._jobs))
-        jobs = list(self._jobs.values())
-        self._jobs.clear()
-        await self._lost(jobs)
+        if not expected:
+            log.error("storage_commit_process_ended", pid=self._proc.pid, status=status, jobs=len(self._jobs))
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            try:
+                await self._lost(jobs)
+            finally:
+                self.ended.set()
+        self.ended.set()
 
     @staticmethod
     def _close_pipe(pipe: Any) -> None:
@@ -167,11 +169,11 @@ class CommitProcess:
         self._close_pipe(self._proc.stdin)  # type: ignore[arg-type]
         with trio.CancelScope(shield=True):  # the child must not outlive its storage
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await self._ended.wait()
-            if not self._ended.is_set():
+                await self.ended.wait()
+            if not self.ended.is_set():
                 log.error("storage_commit_process_stuck", pid=self._proc.pid)
                 self._proc.kill()
-                await self._ended.wait()
+                await self.ended.wait()
 
 
 def _child_env() -> dict[str, str]:

@@ -232,11 +232,11 @@ def ends_within(pid: int, timeout: float) -> bool:
         os.close(pidfd)
 
 
-async def let_go_of_the_child(storage: Storage) -> None:
+async def let_go_of_the_child(storage: Storage, process: commit_process.CommitProcess) -> None:
     """Wait (10 s at most) until the storage has seen its child end and settled its appends."""
     with trio.fail_after(10):
-        while storage._committer._process is not None:
-            await trio.sleep(0.001)
+        await process.ended.wait()
+    assert storage._committer._process is None  # the threads commit now
 
 
 async def test_an_append_is_acknowledged_and_reported_only_after_the_child_answers(tmp_path: Path) -> None:
@@ -440,7 +440,7 @@ async def killed_in_its_flush(storage: Storage, faults: Path) -> ObjectInfo:
             nursery.start_soon(append)
             await trio.to_thread.run_sync((faults / "entered").read_bytes, abandon_on_cancel=True)
             os.kill(process.pid, signal.SIGKILL)
-    await let_go_of_the_child(storage)
+    await let_go_of_the_child(storage, process)
     return appended[0]
 
 
@@ -528,7 +528,7 @@ async def test_appends_lose_and_duplicate_nothing_when_the_child_is_killed(tmp_p
                     nursery.start_soon(killer)
                     for key in keys:
                         nursery.start_soon(writer, key)
-            await let_go_of_the_child(storage)  # the threads took over
+            await let_go_of_the_child(storage, process)  # the threads took over
             for key in keys:  # and appends still land
                 data = f"{key}:after;".encode()
                 size = len(b"".join(acknowledged[key]))
@@ -550,7 +550,7 @@ async def test_a_dead_childs_pipes_are_closed(tmp_path: Path) -> None:
         process = child_of(storage)
         os.kill(process.pid, signal.SIGKILL)
         assert await trio.to_thread.run_sync(ends_within, process.pid, 10)
-        await let_go_of_the_child(storage)
+        await let_go_of_the_child(storage, process)
     assert process._proc.stdin.closed and process._proc.stdout.closed  # type: ignore[union-attr]
 
 
@@ -564,8 +564,7 @@ async def test_a_child_that_ran_long_enough_is_replaced_when_it_ends(tmp_path: P
             first = child_of(storage)
             os.kill(first.pid, signal.SIGKILL)
             with trio.fail_after(10):
-                while storage._committer._process in (None, first):
-                    await trio.sleep(0.001)
+                await first.ended.wait()  # its appends settled, and the new child started
             second = child_of(storage)
             assert second.alive and second.pid != first.pid
             assert (await storage.write_object("b", "k", body(b"-second"), offset=5)).size == 12
