@@ -96,7 +96,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -104,6 +103,7 @@ import trio
 
 from server import index
 from server.batch_pipe import BatchPipe
+from server.commit_jobs import CommitJob, commit_batch, discard, fail_all, refuse, run_after, wake, write_unflushed
 from server.commit_process import HAND_OVER_AT, CommitProcess
 from server.datafiles import DataFiles, PendingWrite
 
@@ -112,21 +112,6 @@ log = structlog.get_logger()
 RESTART_AFTER = 60.0  # seconds a commit process must have run for a new one to replace it when it ends
 UNFLUSHED_MAX = 1024 * 1024  # an append up to this size is flushed after its commit: recovery reads it back
 SYNCERS = 2  # flushes after commits that may run at once (batches in flight between commit and flush)
-
-
-@dataclass(eq=False, slots=True)
-class CommitJob:
-    """One write's share of a group commit: either ``apply`` or ``appended``."""
-
-    apply: Callable[[sqlite3.Connection], Any] | None = None  # in the batch's transaction: reads, then at most ONE changing statement
-    appended: tuple | None = None  # an append's new row (``index.appended_row``), committed with the batch's other appends
-    pending: PendingWrite | None = None  # the data file bytes this commit makes visible
-    tail: bytes = b""  # the body's last bytes, still to be written
-    after: Callable[[Any], None] | None = None  # clean-up once committed, given apply's result (failures are only logged)
-    result: Any = None
-    error: BaseException | None = None
-    parked: trio.lowlevel.Task | None = None  # the submitter, waiting for the outcome
-    unflushed: bool = False  # an append whose bytes are written, not flushed: the flush after the commit covers them
 
 
 def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
@@ -282,8 +267,8 @@ class GroupCommitter:
             pending = job.pending
             log.error("storage_commit_failed", error=error, file_id=pending.file_id if pending else None)
             self.flush_failures += 1  # its commit may have been visible before the child put it back
-            _refuse([job], OSError(error))
-        _wake([job])
+            refuse([job], OSError(error))
+        wake([job])
 
     async def _settle_lost(self, jobs: list[CommitJob]) -> None:
         """The commit process ended with ``jobs`` unanswered: the threads commit small
@@ -297,14 +282,14 @@ class GroupCommitter:
         def settle() -> None:
             with self._conn_lock:
                 landed = [job for job in jobs if index.has_appended_row(self._conn, job.appended)]  # type: ignore[arg-type]
-                _refuse([job for job in jobs if job not in landed], OSError("the commit process ended before this append's commit"))
+                refuse([job for job in jobs if job not in landed], OSError("the commit process ended before this append's commit"))
                 try:
                     self._flush_after_commit([job.pending for job in landed])  # type: ignore[misc]
                 except Exception as exc:  # only the rows found: an object's earlier append keeps its state too
                     log.error("storage_flush_failed", error=repr(exc), jobs=len(landed))
                     self.flush_failures += 1
                     index.roll_back_appends(self._conn, [job.appended[6:9] for job in landed])  # type: ignore[index]
-                    _refuse(landed, exc)
+                    refuse(landed, exc)
 
         if jobs:
             try:
@@ -313,7 +298,7 @@ class GroupCommitter:
                 log.error("storage_settle_failed", error=repr(exc), jobs=len(jobs))
                 for job in jobs:
                     job.error = job.error or exc
-            _wake(jobs)
+            wake(jobs)
         ran = trio.current_time() - ended.started if ended is not None else 0.0
         if ran >= RESTART_AFTER and self._turns is not None and not self._closed:
             log.warning("storage_commit_process_restarting", ran_seconds=round(ran))
@@ -323,7 +308,7 @@ class GroupCommitter:
         """Resume the writers of every finished batch."""
         done = self._done
         while done:
-            _wake(done.popleft())
+            wake(done.popleft())
 
     def _before_io_wait(self, timeout: float) -> None:
         self._hand_over()
@@ -343,7 +328,7 @@ class GroupCommitter:
             try:
                 self._write_and_flush(batch)
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
-                _failed(batch, exc)
+                fail_all(batch, exc)
             self._flushed.put(batch)
         self._flushed.close()
 
@@ -354,23 +339,23 @@ class GroupCommitter:
             try:
                 self.batches += 1
                 self.jobs += len(batch)
-                _write_unflushed(batch)
+                write_unflushed(batch)
                 ready = [job for job in batch if job.error is None]
                 with self._conn_lock:
                     if self._flush_after_commit is None or all(job.unflushed for job in ready):
-                        committed = self._commit_batch(ready)
+                        committed = commit_batch(self._conn, ready)
                     else:  # flushed before: such a commit must be durable itself, as without flush_after_commit
                         self._conn.execute("PRAGMA synchronous = FULL")
                         try:
-                            committed = self._commit_batch(ready)
+                            committed = commit_batch(self._conn, ready)
                         finally:
                             self._conn.execute("PRAGMA synchronous = NORMAL")
                 if self._syncers and any(job.unflushed for job in committed):
                     self._syncing.put((batch, committed))
                     continue
-                _after(committed)
+                run_after(committed)
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
-                _failed(batch, exc)
+                fail_all(batch, exc)
             self._finished(batch)
         for _ in range(self._syncers):
             self._syncing.put(None)
@@ -383,9 +368,9 @@ class GroupCommitter:
         while (item := self._syncing.get()) is not None:
             batch, committed = item
             try:
-                _after(self._flush_committed(committed))
+                run_after(self._flush_committed(committed))
             except BaseException as exc:  # a bug: the outcome of these jobs is unknown
-                _failed(batch, exc)
+                fail_all(batch, exc)
             self._finished(batch)
 
     def _flush_committed(self, committed: list[CommitJob]) -> list[CommitJob]:
@@ -404,7 +389,7 @@ class GroupCommitter:
                     index.roll_back_appends(self._conn, [job.appended[6:9] for job in unflushed])  # type: ignore[index]
                 except sqlite3.Error as rollback_exc:  # recovery puts them back at the next start
                     log.error("storage_rollback_failed", error=repr(rollback_exc))
-            _refuse(unflushed, exc)
+            refuse(unflushed, exc)
             return [job for job in committed if not job.unflushed]
         return committed
 
@@ -430,7 +415,7 @@ class GroupCommitter:
                 pending.finish_writing(job.tail)
             except Exception as exc:
                 job.error = exc
-                _discard(job)
+                discard(job)
             else:
                 written.append(pending)
         if not written:
@@ -442,110 +427,7 @@ class GroupCommitter:
             for job in batch:
                 if job.pending is not None and job.error is None:
                     job.error = exc
-                    _discard(job)
-
-    def _commit_batch(self, ready: list[CommitJob]) -> list[CommitJob]:
-        """The jobs committed; the others are refused."""
-        if not ready:
-            return []
-        conn = self._conn
-        appends = [job for job in ready if job.appended is not None]
-        others = [job for job in ready if job.appended is None]
-        committed: list[CommitJob] = []
-        try:
-            if not others:  # only appends: their one statement is a transaction of its own
-                committed = self._apply_appends(appends)
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-                for job in others:
-                    try:
-                        assert job.apply is not None
-                        job.result = job.apply(conn)
-                    except Exception as exc:
-                        # apply makes at most one changing statement, and SQLite backs out a
-                        # failed statement while keeping the transaction: the others stand.
-                        job.error = exc
-                        _discard(job)
-                    else:
-                        committed.append(job)
-                if appends:
-                    try:
-                        committed += self._apply_appends(appends)
-                    except sqlite3.Error as exc:  # backed out; the transaction and the others stand
-                        _refuse(appends, exc)
-                conn.execute("COMMIT")
-        except BaseException as exc:
-            log.error("storage_commit_failed", error=repr(exc), jobs=len(ready))
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as rollback_exc:
-                    log.error("storage_rollback_failed", error=repr(rollback_exc))
-            _refuse([job for job in ready if job.error is None], exc)
-            return []
-        return committed
-
-    def _apply_appends(self, appends: list[CommitJob]) -> list[CommitJob]:
-        """One UPDATE for all; the jobs whose row it changed.  Raises sqlite3.Error
-        when the statement fails (then it changed nothing)."""
-        if not appends:
-            return []
-        rows = [(*job.appended, job.unflushed) for job in appends]  # type: ignore[misc]
-        changed = index.update_appended_rows(self._conn, rows)
-        if changed == len(rows):
-            return appends
-        done = []  # impossible under the per-object locks; find and refuse the misses
-        for job in appends:
-            if index.has_appended_row(self._conn, job.appended):  # type: ignore[arg-type]
-                done.append(job)
-            else:
-                _refuse([job], RuntimeError(f"append to {job.appended[6]}/{job.appended[7]} found no row for its data file"))  # type: ignore[index]
-        return done
-
-
-def _write_unflushed(batch: list[CommitJob]) -> None:
-    """Write the last bytes of the jobs that skipped the flusher."""
-    for job in batch:
-        if job.unflushed and job.error is None:
-            try:
-                job.pending.finish_writing(job.tail)  # type: ignore[union-attr]
-            except Exception as exc:
-                job.error = exc
-                _discard(job)
-
-
-def _after(committed: list[CommitJob]) -> None:
-    """Clean-ups of committed (and durable) jobs: unlink replaced data files."""
-    for job in committed:
-        if job.after is not None:
-            try:
-                job.after(job.result)
-            except Exception as exc:
-                log.warning("storage_cleanup_failed", error=repr(exc))
-
-
-def _failed(batch: list[CommitJob], exc: BaseException) -> None:
-    log.error("storage_commit_thread_failed", error=repr(exc), jobs=len(batch))
-    for job in batch:
-        if job.error is None:
-            job.error = exc
-
-
-def _refuse(jobs: list[CommitJob], exc: BaseException) -> None:
-    for job in jobs:
-        job.error = exc
-        _discard(job)
-
-
-def _discard(job: CommitJob) -> None:
-    if job.pending is None:
-        return
-    try:
-        job.pending.discard()
-    except Exception as exc:
-        # What could not be undone stays past the committed length: invisible,
-        # overwritten by the next append, truncated at the next start.
-        log.error("storage_undo_failed", error=repr(exc), file_id=job.pending.file_id)
+                    discard(job)
 
 
 class _TurnHandOver(trio.abc.Instrument):
@@ -575,9 +457,3 @@ class _TurnHandOver(trio.abc.Instrument):
         self._committer._after_io_wait()
 
 
-def _wake(batch: list[CommitJob]) -> None:
-    """In the trio thread: the batch is done, resume its writers."""
-    for job in batch:
-        if job.parked is not None:
-            task, job.parked = job.parked, None
-            trio.lowlevel.reschedule(task)

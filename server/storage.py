@@ -22,8 +22,8 @@ where the filesystem left a hole.  For tests and data you can re-send.
 
 Module map: ``records`` (types, ETag/CRC rules) · ``index`` (SQLite) ·
 ``datafiles`` (files) · ``bodies`` (bodies in, snapshots out) · ``slots``
-(per-object locks) · ``committer`` (group commit) · ``commit_process`` (its child) ·
-``recovery`` (start-up).
+(per-object locks) · ``committer`` (group commit) · ``commit_jobs`` (its jobs and
+transactions) · ``commit_process`` and ``commit_child`` (its process) · ``recovery`` (start-up).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import trio
 
 from server import index
 from server.bodies import ObjectReader, receive_body
-from server.committer import CommitJob, GroupCommitter
+from server.commit_jobs import CommitJob
+from server.committer import GroupCommitter
 from server.datafiles import DataFiles, PendingWrite
 from server.errors import BucketAlreadyExists, BucketAlreadyOwnedByYou, InternalError, InvalidArgument, NoSuchBucket, NoSuchKey
 from server.fileio import syncfs

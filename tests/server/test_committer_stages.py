@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from server.committer import CommitJob
+from server.commit_jobs import CommitJob
 from server.storage import ObjectInfo, Storage, open_storage
 
 
