@@ -264,8 +264,8 @@ class GroupCommitter:
     def _answered(self, job: CommitJob, error: str | None) -> None:
         """The commit process's outcome of ``job``: resume its writer."""
         if error is not None:
-            pending = job.pending
-            log.error("storage_commit_failed", error=error, file_id=pending.file_id if pending else None)
+            bucket, key, file_id = job.appended[6:9]  # type: ignore[index]
+            log.error("storage_commit_failed", error=error, bucket=bucket, key=key, file_id=file_id)
             self.flush_failures += 1  # its commit may have been visible before the child put it back
             refuse([job], OSError(error))
         wake([job])
