@@ -60,6 +60,16 @@ def update_appended_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
     return changed
 
 
+def record_appends(conn: sqlite3.Connection, rows: list[tuple]) -> list[bool]:
+    """``update_appended_rows``, then whether each row landed: all do, unless an
+    object no longer has that data file (impossible under the server's per-object
+    locks; such a row is found and refused alone).  Raises sqlite3.Error when the
+    statement fails (then it changed nothing)."""
+    if update_appended_rows(conn, rows) == len(rows):
+        return [True] * len(rows)
+    return [has_appended_row(conn, row) for row in rows]
+
+
 def has_appended_row(conn: sqlite3.Connection, row: tuple) -> bool:
     """Whether the index holds this append (``appended_row``): its data file and ETag."""
     etag, bucket, key, file_id = row[1], row[6], row[7], row[8]

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.appended_rows import connect_appender, has_appended_row, roll_back_appends, update_appended_rows
-from server.fileio import syncfs, write_at
+from server.appended_rows import connect_appender, record_appends, roll_back_appends
+from server.fileio import linux_call, syncfs, write_at
 
 HEADER = struct.Struct(">I")
 PIPE_SIZE = 1 << 20  # a turn's appends (tails up to 64 KiB each) fit without waiting
@@ -109,15 +109,11 @@ def commit_batch(conn: sqlite3.Connection, fds: _WriteFds, flush: Callable[[list
         return errors
     committed = []
     try:
-        rows = [(*row, True) for _, _, row in written]
-        if update_appended_rows(conn, rows) == len(rows):
-            committed = written
-        else:  # impossible under the server's per-object locks
-            for job_id, path, row in written:
-                if has_appended_row(conn, row):
-                    committed.append((job_id, path, row))
-                else:
-                    errors[job_id] = f"append to {row[6]}/{row[7]} found no row for its data file"
+        for item, landed in zip(written, record_appends(conn, [(*row, True) for _, _, row in written])):
+            if landed:
+                committed.append(item)
+            else:
+                errors[item[0]] = f"append to {item[2][6]}/{item[2][7]} found no row for its data file"
     except sqlite3.Error as exc:
         for job_id, _, _ in written:
             errors[job_id] = f"index commit: {exc!r}"
@@ -165,7 +161,7 @@ def serve(data_dir: Path, source: int = 0, answers: int = 1) -> None:
 
 def _die_with_parent() -> None:
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    linux_call("prctl", ctypes.c_int, ctypes.c_ulong)(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the server died before the call
         os._exit(1)
 

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 import trio
 
-from server import index
+from server.appended_rows import record_appends
 from server.datafiles import PendingWrite
 
 log = structlog.get_logger()
@@ -82,12 +82,9 @@ def apply_appends(conn: sqlite3.Connection, appends: list[CommitJob]) -> list[Co
     if not appends:
         return []
     rows = [(*job.appended, job.unflushed) for job in appends]  # type: ignore[misc]
-    changed = index.update_appended_rows(conn, rows)
-    if changed == len(rows):
-        return appends
-    done = []  # impossible under the per-object locks; find and refuse the misses
-    for job in appends:
-        if index.has_appended_row(conn, job.appended):  # type: ignore[arg-type]
+    done = []
+    for job, landed in zip(appends, record_appends(conn, rows)):
+        if landed:
             done.append(job)
         else:
             refuse([job], RuntimeError(f"append to {job.appended[6]}/{job.appended[7]} found no row for its data file"))  # type: ignore[index]
