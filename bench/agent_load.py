@@ -91,10 +91,20 @@ class Window:
                 f"machine {self.machine_busy:.1f} of {os.cpu_count()} cores busy")
 
 
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time so far by state (/proc/stat's ``cpu`` line: user, nice, system, idle, iowait, irq, softirq, steal...)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def machine_busy() -> float:
     """Busy CPU seconds of the whole machine so far (every core; /proc/stat minus idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = _cpu_ticks()
     return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def machine_stolen() -> float:
+    """CPU seconds the hypervisor gave to other guests while ours wanted to run (every core; /proc/stat's steal)."""
+    return _cpu_ticks()[7] / CLOCK_TICKS
 
 
 def observe(fleet: Fleet, seconds: float) -> Window:

@@ -29,6 +29,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import loadgen
+from bench.agent_load import machine_stolen
 from tests.support import ACCESS_KEY, REPO, SECRET_KEY
 
 CONNECTIONS = 16
@@ -159,7 +160,9 @@ def _small_appends(bare_port: int, port: int, per_conn: int, bare_pid: int, pid:
     rounds' range are printed too.  Besides the rates, each server's CPU time per
     request (and ours on its event loop's thread, the one that limits it).  How
     busy that thread was while our rounds ran says what binds the rate: the loop's
-    CPU (near 100%), or the wait for group commits (well below)."""
+    CPU (near 100%), or the wait for group commits (well below).  The share of the
+    machine's CPU the hypervisor gave to other guests (steal) says how loaded the
+    host under this machine was while the rounds ran."""
     per_round = max(1, per_conn // ROUNDS)
     batches_before, writes_before = commit_counts(port)
     bare_cpu, ours_cpu, loop_cpu = cpu_seconds(bare_pid), tree_cpu_seconds(pid), cpu_seconds(pid, pid)
@@ -167,6 +170,7 @@ def _small_appends(bare_port: int, port: int, per_conn: int, bare_pid: int, pid:
     ours = loadgen.Result(0, 0.0, {}, 0, 0)
     gen_cpu = 0.0
     ratios = []
+    stolen, started = machine_stolen(), time.perf_counter()
     for n in range(ROUNDS):
         bare_requests = small_appends(bare_port, per_round)
         our_requests = small_appends(port, per_round, start=n * per_round)
@@ -185,6 +189,7 @@ def _small_appends(bare_port: int, port: int, per_conn: int, bare_pid: int, pid:
             total.seconds += result.seconds
             rates[side] = result.rate
         ratios.append(rates["ours"] / rates["bare"])
+    steal = (machine_stolen() - stolen) / (time.perf_counter() - started) / (os.cpu_count() or 1)
     gen_cpu_us = gen_cpu / bare.requests * 1e6
     bare_cpu_us = (cpu_seconds(bare_pid) - bare_cpu) / bare.requests * 1e6
     cpu_us = (tree_cpu_seconds(pid) - ours_cpu) / ours.requests * 1e6
@@ -198,7 +203,8 @@ def _small_appends(bare_port: int, port: int, per_conn: int, bare_pid: int, pid:
         ("tailbucket durable signed 1 KiB appends, 16 objects", f"{ours.rate:,.0f} req/s",
          f"{statistics.median(ratios):.2f}x ceiling (median of {ROUNDS} paired rounds, {min(ratios):.2f}-{max(ratios):.2f}; "
          f"pooled {ours.rate / bare.rate:.2f}x), {batch:.1f} appends per group commit; "
-         f"server CPU {cpu_us:.0f} µs/append with its commit process, {loop_cpu_us:.0f} on the event loop's thread (busy {loop_busy:.0%})",
+         f"server CPU {cpu_us:.0f} µs/append with its commit process, {loop_cpu_us:.0f} on the event loop's thread (busy {loop_busy:.0%}); "
+         f"the hypervisor took {steal:.0%} of this machine's CPU meanwhile",
          "target >= 0.5x"),
     ]  # fmt: skip
 
