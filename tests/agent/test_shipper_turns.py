@@ -8,10 +8,11 @@ import pytest
 import trio
 import trio.testing
 
+from agent.batcher import Batch
 from agent.pacing import TokenBucket
 from agent.turn_order import DISPATCH_GRAIN
 from sink.testing import FakeS3, SeenRequest
-from tests.agent.test_shipper import IDLE, lines, shipping
+from tests.agent.test_shipper import FILE, IDLE, lines, shipping
 
 
 def _recording() -> tuple[FakeS3, list[tuple[str, float]]]:
@@ -52,30 +53,33 @@ async def test_a_stream_behind_is_not_paced_and_a_stream_that_is_not_still_is(tm
 
 
 async def test_a_stream_that_starts_waiting_gets_the_next_turn(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    """b's batch arrives as a, six appends behind, sends its first, and no token is left: b waits in line,
+    so a's turn ends with that append (a, behind, would need no token) and b's turn is next; then a, still
+    behind, goes on beside it.  The test looks at the turns, not at the order of the PUTs, which hangs on
+    threads (b's intent goes to disk in one while a goes on)."""
     mock_clock.autojump_threshold = IDLE
     fake, appends = _recording()
     busy = lines("a", 60)  # six full appends of 80 bytes
     async with shipping(tmp_path, fake, max_bytes=80, rate=10.0, burst=1.0) as h:
         h.add("/logs/a.log")
         h.add("/logs/b.log")
-        for i in range(0, len(busy), 80):
-            await h.send("/logs/a.log", busy[i : i + 80])
-        with trio.fail_after(5):
-            while not appends:
-                await trio.testing.wait_all_tasks_blocked()
         b = h.shipper.lane("/logs/b.log")
         assert b is not None
-        # Once b waits, a's turn ends with the append it has under way, and b's turn is next.  What comes after
-        # depends on threads (b's intent goes to disk in one while a, behind, goes on), so the test looks at the
-        # turns, not at the order of the PUTs: a's appends while b waits for its turn, and after its turn began.
+        b_data = b"b arrives while a is behind\n"
+        assert await h.shipper.budget.acquire(len(b_data)) == len(b_data)  # as a tailer takes it before reading
+        b_batch = Batch("/logs/b.log", h.generation, FILE, 0, (b_data,), len(b_data), trio.current_time())
         b_turn: list[bool] = []
         a_while_b_waits: list[int] = []
         a_after_b_turn: list[int] = []
 
         def note(request: SeenRequest) -> None:
+            """Counts a's appends while b waits for its turn, and after its turn began; b arrives at a's first."""
             if request.op != "append":
                 return
             appends.append((request.key, trio.current_time()))
+            if request.key == "h/logs/a.log" and len(appends) == 1:
+                h.shipper.order.tokens.take(trio.current_time())  # none left: b has to wait in line for one
+                h.shipper.enqueue(b_batch)  # in the middle of a's backlog, whatever the threads' timing
             if request.key == "h/logs/b.log" or b.busy:
                 b_turn.append(True)
             if request.key == "h/logs/a.log":
@@ -85,14 +89,15 @@ async def test_a_stream_that_starts_waiting_gets_the_next_turn(tmp_path: Path, m
                     a_while_b_waits.append(1)
 
         fake.fault_source = note  # type: ignore[assignment]
-        await h.send("/logs/b.log", b"b arrives while a is behind\n")
+        for i in range(0, len(busy), 80):
+            await h.send("/logs/a.log", busy[i : i + 80])
         await h.shipped("/logs/a.log", len(busy))
-        await h.shipped("/logs/b.log", 28)
+        await h.shipped("/logs/b.log", len(b_data))
     keys = [key for key, _ in appends]
     assert keys.count("h/logs/a.log") == 6 and keys.count("h/logs/b.log") == 1
     assert a_after_b_turn, keys  # b's turn came while a was still behind, not after a's backlog
-    assert len(a_while_b_waits) <= 1, keys  # at most the append a had taken already
-    assert h.stored("h/logs/a.log") == busy
+    assert len(a_while_b_waits) <= 1, keys  # at most the append a had under way when b came
+    assert h.stored("h/logs/a.log") == busy and h.stored("h/logs/b.log") == b_data
 
 
 async def test_many_waiting_streams_start_their_turns_in_groups(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
