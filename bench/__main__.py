@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import agent_bench, server_bench, sink_bench
+from bench import agent_bench, instructions, server_bench, sink_bench
 
 
 def print_table(title: str, rows: list[tuple[str, ...]]) -> None:
@@ -16,6 +16,10 @@ def print_table(title: str, rows: list[tuple[str, ...]]) -> None:
 
 def main() -> int:
     print_table("server (issue: foundation)", server_bench.measure())
+    if instructions.available():  # the same work counted, not timed: steady on a noisy machine
+        print_table("server instructions per small append (callgrind)", instructions.measure())
+    else:
+        print("\nserver instructions: skipped (no valgrind)")
     print_table("tail-to-bucket (issue: the append sink)", sink_bench.measure())
     print_table("agent (issue: the agent)", agent_bench.measure())
     return 0

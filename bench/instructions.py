@@ -16,7 +16,8 @@ un-instrumented).  Instructions are not time: cache misses and system calls
 are not in them, and ours run at a lower rate per instruction than the bare
 server's (a larger working set), so the rate ratio sits below this one.
 
-Run: ``python -m bench.instructions [REQUESTS_PER_CONNECTION]``; needs valgrind.
+Run: ``python -m bench.instructions [REQUESTS_PER_CONNECTION]``, or as part of ``make bench``
+(skipped there when valgrind is missing); needs valgrind.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import tempfile
 from pathlib import Path
 
 from bench import loadgen
-from bench.__main__ import print_table
 from bench.server_bench import Server, sign, small_appends, start_bare
 
 WARM_UP = 20  # appends per connection before counting starts
@@ -53,8 +53,12 @@ def _count(pid: int, out_dir: Path, port: int, per_conn: int) -> int:
     raise RuntimeError(f"no summary in {dumps[-1]}")
 
 
+def available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
 def measure(per_conn: int = 60) -> list[tuple[str, str, str, str]]:
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not available():
         raise SystemExit("bench.instructions needs valgrind (Debian: apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -77,4 +81,6 @@ def measure(per_conn: int = 60) -> list[tuple[str, str, str, str]]:
 
 
 if __name__ == "__main__":
+    from bench.__main__ import print_table
+
     print_table("instructions (callgrind)", measure(*map(int, sys.argv[1:2])))
