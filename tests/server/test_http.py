@@ -153,6 +153,57 @@ async def test_keep_alive_serves_two_requests_on_one_socket():
     assert len(remotes) == 2 and remotes[0] == remotes[1] and remotes[0][0] == "127.0.0.1"
 
 
+async def test_a_next_request_already_there_is_read_without_waiting_for_readiness(monkeypatch):
+    """A kept-alive client's next request that came while the server was busy is read at
+    once: no readiness wait (an epoll registration and a keep-alive timer per request)."""
+    entered, release = trio.Event(), trio.Event()
+    waits: list[int] = []
+    waits_before: dict[str, int] = {}
+    wait_readable = trio.lowlevel.wait_readable
+
+    async def counted_wait_readable(fd) -> None:
+        waits.append(fd)
+        await wait_readable(fd)
+
+    async def handler(req: Request) -> Response:
+        waits_before[req.path] = len(waits)
+        if req.path == "/first":
+            entered.set()
+            await release.wait()
+        return Response(200, [], req.path.encode())
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", counted_wait_readable)  # the connection's waits
+    async with serving(handler) as (_, port):
+        client = await RawClient.open(port)
+        await client.send(request("GET", "/first"))
+        await entered.wait()
+        await client.send(request("GET", "/second"))  # in the server's socket buffer once sent (loopback)
+        release.set()
+        assert (await client.response()).body == b"/first"
+        assert (await client.response()).body == b"/second"
+        await client.aclose()
+    assert waits_before["/first"] == 1  # a fresh connection waits for its first request
+    assert waits_before["/second"] == 1
+
+
+async def test_a_client_that_closed_while_its_request_ran_gets_the_answer_and_is_closed():
+    entered, release = trio.Event(), trio.Event()
+
+    async def handler(req: Request) -> Response:
+        entered.set()
+        await release.wait()
+        return Response(200, [], b"done")
+
+    async with serving(handler) as (_, port):
+        client = await RawClient.open(port)
+        await client.send(request())
+        await entered.wait()
+        await client.stream.send_eof()  # the EOF waits in the server's socket buffer
+        release.set()
+        assert (await client.response()).body == b"done"
+        assert await client.closed_by_server()
+
+
 async def test_request_fields_are_raw_and_headers_keep_wire_order():
     seen: list[Request] = []
 
